@@ -1,0 +1,1 @@
+"""Subcommands of the ``tumorlens`` CLI, one module each with ``register(subparsers)``."""
