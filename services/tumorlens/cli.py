@@ -52,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # pynetdicom logs every DIMSE message at INFO: thousands of lines per study.
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     handler: Handler = args.func
     try:
         return handler(args)

@@ -84,12 +84,15 @@ class Settings:
     redis_url: str = ""
     worker_concurrency: int = 1
     max_attempts: int = 2
-    broker_visibility_timeout: float = 3600.0
+    broker_visibility_timeout: float = 600.0
     # status API
     grpc_address: str = "127.0.0.1:50051"
     # inference
     inference_threads: int = 0
     log_level: str = "INFO"
+    # Seconds a task sleeps after entering RUNNING: for fault-injection drills (kill a
+    # worker mid-run) and the tests that prove recovery. Never set in production.
+    debug_task_pause: float = 0.0
 
     @property
     def spool_dir(self) -> Path:
@@ -134,8 +137,7 @@ def _coerce(name: str, type_name: str, value: Any) -> Any:
         if type_name == "tuple[Destination, ...]":
             if isinstance(value, list) and value and isinstance(value[0], Mapping):
                 return tuple(
-                    Destination(str(d["ae_title"]), str(d["host"]), int(d["port"]))
-                    for d in value
+                    Destination(str(d["ae_title"]), str(d["host"]), int(d["port"])) for d in value
                 )
             return tuple(Destination.parse(v) for v in _split_list(value))
     except (TypeError, ValueError, KeyError) as exc:
@@ -203,9 +205,6 @@ def settings_environ(settings: Settings) -> dict[str, str]:
         value = getattr(settings, f.name)
         if value is None:
             continue
-        if isinstance(value, tuple):
-            text = ",".join(str(v) for v in value)
-        else:
-            text = str(value)
+        text = ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
         env[ENV_PREFIX + f.name.upper()] = text
     return env

@@ -1,1 +1,1 @@
-
+"""Study assembly: from instances to one queued job per complete study version."""

@@ -1,0 +1,25 @@
+"""``tumorlens serve``: everything in one command, with embedded Redis by default."""
+
+from __future__ import annotations
+
+import argparse
+
+from tumorlens.commands.common import add_service_options, settings_from_args
+from tumorlens.service import ShutdownSignal, open_backend, run_listener_side
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="run listener, assembler, status API and a worker (embedded Redis by default)",
+    )
+    add_service_options(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    shutdown = ShutdownSignal()
+    shutdown.install()
+    with open_backend(settings) as backend:
+        return run_listener_side(backend, shutdown, worker=True)

@@ -1,0 +1,1 @@
+"""Stubs generated from proto/tumorlens/v1/status.proto by proto/generate.py; do not edit."""
