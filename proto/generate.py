@@ -36,7 +36,9 @@ class Target:
 
 
 TARGETS = (
-    Target("tumorlens/v1/status.proto", "tumorlens.v1.status_pb2", "tumorlens.status.v1.status_pb2"),
+    Target(
+        "tumorlens/v1/status.proto", "tumorlens.v1.status_pb2", "tumorlens.status.v1.status_pb2"
+    ),
 )
 SUFFIXES = ("_pb2.py", "_pb2_grpc.py", "_pb2.pyi")
 
@@ -78,8 +80,17 @@ def _fix_module_paths(target: Target, suffix: str, text: str) -> str:
         old_path = old_pkg.replace(".", "/") + f"/{name}_pb2_grpc.py"
         new_path = new_pkg.replace(".", "/") + f"/{name}_pb2_grpc.py"
         text = _rewrite(text, old_path, new_path, name + suffix)
-    header = f"# Regenerate with `python proto/generate.py` (grpcio-tools {tools_version()}).\n"
-    return header + text
+    # protoc's code is not written for mypy --strict or our ruff rules, and pyproject's
+    # excludes do not reach the .pyi; mypy still reads its types for the importers.
+    header = (
+        f"# Regenerate with `python proto/generate.py` (grpcio-tools {tools_version()}).\n"
+        "# mypy: ignore-errors\n"
+        "# ruff: noqa\n"
+        "# fmt: off\n"
+    )
+    lines = text.splitlines(keepends=True)
+    at = 1 if lines and lines[0].startswith("# -*- coding") else 0  # must stay on line 1
+    return "".join([*lines[:at], header, *lines[at:]])
 
 
 def generate(out_dir: Path) -> list[Path]:

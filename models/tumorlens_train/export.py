@@ -1,0 +1,304 @@
+"""Export a trained slice classifier to ONNX, prove ONNX Runtime reproduces PyTorch, and write
+the model card (with validation metrics measured by the runtime evaluation code itself)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from numpy.typing import NDArray
+from tumorlens.evaluation.slices import evaluate_slices
+from tumorlens.inference.cam import class_activation_maps
+from tumorlens.inference.card import sha256_file
+from tumorlens.inference.preprocess import preprocess_file
+from tumorlens.inference.session import create_session
+
+from tumorlens_train import slices
+from tumorlens_train.nets2d import SliceNet, count_parameters, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+TOLERANCE = 1e-4
+MAX_BYTES = 50 * 1024 * 1024
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("logits", "features")
+
+# Index order = training label order = slices.CLASSES.
+LABELS: tuple[dict[str, Any], ...] = (
+    {
+        "name": "glioma",
+        "display": "Glioma",
+        "snomed_ct": {"code": "393563007", "display": "Glioma (disorder)"},
+        "aliases": ["glioma_tumor", "glioma_tumour"],
+    },
+    {
+        "name": "meningioma",
+        "display": "Meningioma",
+        "snomed_ct": {"code": "302820008", "display": "Intracranial meningioma (disorder)"},
+        "aliases": ["meningioma_tumor", "meningioma_tumour"],
+    },
+    {
+        "name": "notumor",
+        "display": "No tumour",
+        "snomed_ct": {
+            "code": "260413007",
+            "display": "None (qualifier value)",
+            "note": "Qualifier value meaning 'none' for the finding 'brain tumour'. Not "
+            "281900007 'No abnormality detected (finding)': the class only excludes the "
+            "three tumour types, not every abnormality.",
+        },
+        "aliases": ["no_tumor", "no_tumour", "notumour", "no"],
+    },
+    {
+        "name": "pituitary",
+        "display": "Pituitary adenoma",
+        "snomed_ct": {"code": "254956000", "display": "Pituitary adenoma (disorder)"},
+        "aliases": ["pituitary_tumor", "pituitary_tumour", "pituitary_adenoma"],
+    },
+)
+
+
+def export_onnx(model: SliceNet, path: Path, size: int, opset: int = OPSET) -> None:
+    """TorchScript-based exporter: no onnxscript dependency, dynamic batch axis."""
+    model.eval()
+    dummy = torch.zeros(1, model.config.in_channels, size, size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(
+        model,
+        (dummy,),
+        str(path),
+        input_names=[INPUT_NAME],
+        output_names=list(OUTPUT_NAMES),
+        dynamic_axes={name: {0: "N"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
+        opset_version=opset,
+        do_constant_folding=True,
+        dynamo=False,
+    )
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+
+
+def verify_onnx(
+    model: SliceNet, path: Path, inputs: NDArray[np.float32], threads: int = 2
+) -> dict[str, float]:
+    """Max absolute difference per output between ORT (CPU) and PyTorch; raises above
+    :data:`TOLERANCE`."""
+    session = create_session(path, threads=threads, prefer_gpu=False)
+    ort_out = session.run(list(OUTPUT_NAMES), {INPUT_NAME: inputs})
+    with torch.no_grad():
+        torch_out = [t.numpy() for t in model.eval()(torch.from_numpy(inputs))]
+    diffs = {
+        name: float(np.abs(np.asarray(a) - b).max())
+        for name, a, b in zip(OUTPUT_NAMES, ort_out, torch_out, strict=True)
+    }
+    if max(diffs.values()) > TOLERANCE:
+        raise RuntimeError(f"ONNX Runtime differs from PyTorch by {diffs} (> {TOLERANCE})")
+    return diffs
+
+
+def verify_cam(model: SliceNet, path: Path, inputs: NDArray[np.float32]) -> float:
+    """Check the CAM recipe: mean_hw(sum_c W_kc F_c) + b_k must equal the logits."""
+    session = create_session(path, threads=2, prefer_gpu=False)
+    logits, features = session.run(list(OUTPUT_NAMES), {INPUT_NAME: inputs})
+    weights = model.head.weight.detach().numpy()
+    bias = model.head.bias.detach().numpy()
+    rebuilt = class_activation_maps(np.asarray(features), weights).mean(axis=(2, 3)) + bias
+    diff = float(np.abs(rebuilt - logits).max())
+    if diff > TOLERANCE:
+        raise RuntimeError(f"CAM recipe does not reproduce the logits (max diff {diff})")
+    return diff
+
+
+def real_inputs(data_dir: Path, split_file: Path, size: int, count: int = 8) -> NDArray[np.float32]:
+    """A few validation slices (two per class where possible), runtime-preprocessed."""
+    names = sorted(slices.read_split(split_file)) if split_file.exists() else []
+    picked: list[str] = []
+    for cls in slices.CLASSES:
+        picked += [n for n in names if n.startswith(f"{cls}/")][: max(count // 4, 1)]
+    arrays = [preprocess_file(data_dir / n, size) for n in picked if (data_dir / n).exists()]
+    return np.stack(arrays) if arrays else np.zeros((0, 1, size, size), np.float32)
+
+
+def build_card(
+    *,
+    name: str,
+    version: str,
+    onnx_path: Path,
+    model: SliceNet,
+    checkpoint: dict[str, Any],
+    split_file: Path,
+    history: list[dict[str, Any]],
+    verification: dict[str, Any],
+) -> dict[str, Any]:
+    size = int(checkpoint["size"])
+    train_cfg: dict[str, Any] = checkpoint.get("train_config", {})
+    split: dict[str, Any] = json.loads(split_file.read_text()) if split_file.exists() else {}
+    with torch.no_grad():
+        _, feats = model(torch.zeros(1, model.config.in_channels, size, size))
+    channels, fh, fw = (int(v) for v in feats.shape[1:])
+    return {
+        "schema": "tumorlens.model-card/1",
+        "name": name,
+        "version": version,
+        "task": "2D MRI slice classification: brain tumour type",
+        "file": onnx_path.name,
+        "sha256": sha256_file(onnx_path),
+        "size_bytes": onnx_path.stat().st_size,
+        "format": {"onnx_opset": OPSET, "ir_version": onnx.load(str(onnx_path)).ir_version},
+        "intended_use": (
+            "Research use only, not for diagnosis. Not a medical device; outputs must not "
+            "inform patient care. Trained on one public 2D JPEG data set of mostly "
+            "contrast-enhanced T1 slices; performance on other sequences, scanners or "
+            "DICOM-derived slices is unknown."
+        ),
+        "inputs": [
+            {
+                "name": INPUT_NAME,
+                "dtype": "float32",
+                "shape": ["N", 1, size, size],
+                "channels": 1,
+                "size": size,
+                "shape_rules": (
+                    "N is dynamic (>=1); exactly 1 channel; height = width = size. Sources "
+                    "must be 1-channel (grey) or 3-channel (RGB, reduced by ITU-R 601-2 luma); "
+                    "others are refused."
+                ),
+                "preprocessing": {
+                    "function": "tumorlens.inference.preprocess.preprocess_file",
+                    "grey": "RGB -> L by ITU-R 601-2 luma (PIL convert('L')), then float32",
+                    "pad": "centre-pad to a square with the image minimum",
+                    "resize": f"bilinear, antialiased (PIL) to {size}x{size}",
+                    "normalisation": "per-image z-score: (x - mean) / std over all pixels",
+                },
+            }
+        ],
+        "outputs": [
+            {
+                "name": "logits",
+                "dtype": "float32",
+                "shape": ["N", len(LABELS)],
+                "meaning": "unnormalised class scores; softmax gives probabilities",
+            },
+            {
+                "name": "features",
+                "dtype": "float32",
+                "shape": ["N", channels, fh, fw],
+                "meaning": "last convolutional feature maps (after ReLU), input for CAM",
+            },
+        ],
+        "labels": [{"index": i, **label} for i, label in enumerate(LABELS)],
+        "cam": {
+            "recipe": (
+                "CAM_k[h, w] = sum_c weights[k][c] * features[n, c, h, w]; "
+                "logits[n, k] = mean_hw(CAM_k) + bias[k]. Upsample the positive part to the "
+                "input size (tumorlens.inference.cam)."
+            ),
+            "grid": [fh, fw],
+            "stride": size // fh,
+            "weights": model.head.weight.detach().numpy().astype(float).tolist(),
+            "bias": model.head.bias.detach().numpy().astype(float).tolist(),
+            "onnx_initializers": {"weights": "head.weight", "bias": "head.bias"},
+        },
+        "architecture": {
+            "name": "SliceNet (residual CNN, GAP + linear head)",
+            "parameters": count_parameters(model),
+            **model.config.to_dict(),
+        },
+        "training": {
+            "data": {
+                "dataset": slices.DATASET_SUBDIR,
+                "description": "public brain MRI JPEG slices (glioma, meningioma, no tumour, "
+                "pituitary), mostly T1 contrast-enhanced, mixed planes",
+                "n_train": split.get("n_train"),
+                "n_validation": split.get("n_validation"),
+            },
+            "split": {
+                "file": split_file.name,
+                "seed": split.get("seed"),
+                "val_fraction": split.get("val_fraction"),
+                "method": "stratified by class; " + str(split.get("grouping", "")),
+            },
+            "epochs": train_cfg.get("epochs"),
+            "best_epoch": checkpoint.get("epoch"),
+            "batch_size": train_cfg.get("batch_size"),
+            "optimiser": f"AdamW (weight decay {train_cfg.get('weight_decay')} on conv/linear "
+            "weights only)",
+            "lr_schedule": f"one-cycle, peak {train_cfg.get('lr')}",
+            "loss": f"cross-entropy, inverse-frequency class weights, label smoothing "
+            f"{train_cfg.get('label_smoothing')}",
+            "bf16_autocast": train_cfg.get("bf16"),
+            "augmentation": asdict(slices.AugmentConfig()),
+            "seconds": round(sum(float(h.get("seconds", 0.0)) for h in history), 1),
+            "torch": torch.__version__,
+            "platform": platform.machine(),
+        },
+        "verification": verification,
+    }
+
+
+def export_checkpoint(
+    *,
+    checkpoint: Path,
+    out_dir: Path,
+    name: str,
+    version: str,
+    data_dir: Path,
+    split_file: Path,
+    threads: int = 2,
+) -> Path:
+    """``best.pt`` -> ``<out>/<name>.onnx`` + ``<out>/<name>.json``; returns the card path."""
+    model, ckpt = load_checkpoint(str(checkpoint))
+    size = int(ckpt["size"])
+    onnx_path = out_dir / f"{name}.onnx"
+    card_path = out_dir / f"{name}.json"
+    export_onnx(model, onnx_path, size)
+    if onnx_path.stat().st_size > MAX_BYTES:
+        raise RuntimeError(f"{onnx_path} is larger than {MAX_BYTES} bytes")
+
+    rng = np.random.default_rng(0)
+    random = rng.standard_normal((4, 1, size, size)).astype(np.float32)
+    real = real_inputs(data_dir, split_file, size)
+    verification = {
+        "tolerance": TOLERANCE,
+        "max_abs_diff_random": verify_onnx(model, onnx_path, random, threads),
+        "max_abs_diff_real": verify_onnx(model, onnx_path, real, threads) if len(real) else None,
+        "cam_logit_max_abs_diff": verify_cam(model, onnx_path, np.concatenate([random, real])),
+        "onnxruntime": ort.__version__,
+    }
+    log.info("ONNX Runtime matches PyTorch: %s", verification)
+
+    history_file = checkpoint.parent / "history.json"
+    history = json.loads(history_file.read_text()) if history_file.exists() else []
+    card = build_card(
+        name=name,
+        version=version,
+        onnx_path=onnx_path,
+        model=model,
+        checkpoint=ckpt,
+        split_file=split_file,
+        history=history,
+        verification=verification,
+    )
+    card_path.write_text(json.dumps(card, indent=1) + "\n")
+
+    # Validation metrics through the runtime path, on the exact shipped file.
+    if split_file.exists() and data_dir.is_dir():
+        report, _ = evaluate_slices(
+            data_dir, card_path, out_dir, split_file=split_file, threads=threads
+        )
+        metrics = report.to_dict()
+        metrics.pop("model", None)
+        metrics["split"] = "validation"
+        metrics["runtime"] = f"onnxruntime {ort.__version__} CPU, {threads} threads, batch 32"
+        card["metrics"] = metrics
+        card_path.write_text(json.dumps(card, indent=1) + "\n")
+    return card_path

@@ -40,6 +40,8 @@ _TEMPLATE_FILES = {
 _ENVELOPE_CLOSING_MM = 10.0  # fills the gaps between lobes so the skull hugs a head, not gyri
 _SELLA_BALL_MM = 12.0  # keeps the sellar region intracranial (pituitary tumours grow there)
 _NECK_Z_MM = -66.0  # below this the template is cut; the head continues as a straight neck
+_HEAD_MARGIN_MM = 14.0  # dura to skin at the vault (skull ~7 mm + scalp ~7 mm)
+_HEAD_CLOSING_MM = 25.0  # the outer head is smooth: fills the skull base and temporal fossae
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,9 @@ class Grid:
         origin = tuple(
             c - (n - 1) * spacing / 2 for c, n in zip(GRID_CENTRE_MM, shape, strict=True)
         )
-        return cls((shape[0], shape[1], shape[2]), float(spacing), (origin[0], origin[1], origin[2]))
+        return cls(
+            (shape[0], shape[1], shape[2]), float(spacing), (origin[0], origin[1], origin[2])
+        )
 
     @property
     def affine(self) -> npt.NDArray[np.float64]:
@@ -104,6 +108,7 @@ class Template:
     brain: FloatArray  # soft brain mask (brain + CSF inside the template mask)
     depth_mm: FloatArray  # distance to the brain surface inside the mask, 0 outside
     envelope_sd_mm: FloatArray  # signed distance to the intracranial envelope, negative inside
+    head_sd_mm: FloatArray  # signed distance to the outer head surface, negative inside
     sites: Sites
 
     @cached_property
@@ -119,7 +124,9 @@ def template_dir() -> Path:
     """
     spec = importlib.util.find_spec("nilearn")
     if spec is None or spec.origin is None:
-        raise ModuleNotFoundError("nilearn is required for phantoms: pip install 'tumorlens[train]'")
+        raise ModuleNotFoundError(
+            "nilearn is required for phantoms: pip install 'tumorlens[train]'"
+        )
     return Path(spec.origin).parent / "datasets" / "data"
 
 
@@ -159,23 +166,40 @@ def _signed_distance(mask: npt.NDArray[np.bool_], spacing: float) -> FloatArray:
     return np.asarray(outside - inside, dtype=np.float32)
 
 
+def _closing(mask: npt.NDArray[np.bool_], radius_mm: float, spacing: float) -> npt.NDArray[np.bool_]:
+    """Morphological closing with a ball, via two distance transforms (fast for big radii)."""
+    grown = ndi.distance_transform_edt(~mask, sampling=spacing) <= radius_mm
+    return np.asarray(ndi.distance_transform_edt(grown, sampling=spacing) > radius_mm) | mask
+
+
+def _extrude_neck(mask: npt.NDArray[np.bool_], grid: Grid) -> None:
+    """The template stops at the lower brainstem: continue the last full slice downwards."""
+    neck = int(np.clip(round((_NECK_Z_MM - grid.origin[2]) / grid.spacing), 0, grid.shape[2] - 1))
+    mask[:, :, :neck] = mask[:, :, neck : neck + 1]
+
+
+def _head(envelope_sd: FloatArray, grid: Grid) -> FloatArray:
+    """Signed distance (mm) to a smooth outer head surface around the intracranial envelope."""
+    head = _closing(envelope_sd <= _HEAD_MARGIN_MM, _HEAD_CLOSING_MM, grid.spacing)
+    _extrude_neck(head, grid)
+    return _signed_distance(head, grid.spacing)
+
+
 def _envelope(brain: npt.NDArray[np.bool_], grid: Grid) -> FloatArray:
     """Signed distance (mm) to a smooth intracranial envelope around the brain."""
     s = grid.spacing
-    grown = ndi.distance_transform_edt(~brain, sampling=s) <= _ENVELOPE_CLOSING_MM
-    closed = ndi.distance_transform_edt(grown, sampling=s) > _ENVELOPE_CLOSING_MM
-    closed |= brain
+    closed = _closing(brain, _ENVELOPE_CLOSING_MM, s)
     world = grid.world()
     sella = np.asarray(SELLA_MNI_MM, dtype=np.float32).reshape(3, 1, 1, 1)
     closed |= ((world - sella) ** 2).sum(axis=0) <= _SELLA_BALL_MM**2
     closed = ndi.binary_fill_holes(closed)
-    # The template stops at the lower brainstem: extrude the last full slice as a neck.
-    neck = int(np.clip(round((_NECK_Z_MM - grid.origin[2]) / s), 0, grid.shape[2] - 1))
-    closed[:, :, :neck] = closed[:, :, neck : neck + 1]
+    _extrude_neck(closed, grid)
     return _signed_distance(closed, s)
 
 
-def _sites(gm: FloatArray, wm: FloatArray, brain: FloatArray, depth: FloatArray, grid: Grid) -> Sites:
+def _sites(
+    gm: FloatArray, wm: FloatArray, brain: FloatArray, depth: FloatArray, grid: Grid
+) -> Sites:
     world = np.moveaxis(grid.world(), 0, -1)
     supra = _supratentorial(world)
     csf = np.clip(brain - gm - wm, 0.0, 1.0)
@@ -225,16 +249,18 @@ def _load_template(spacing: float) -> Template:
     gm, wm = gm / over, wm / over
     inside = brain > 0.5
     depth = np.asarray(ndi.distance_transform_edt(inside, sampling=grid.spacing), np.float32)
+    envelope = _envelope(inside, grid)
     tpl = Template(
         grid=grid,
         gm=np.ascontiguousarray(gm, np.float32),
         wm=np.ascontiguousarray(wm, np.float32),
         brain=np.ascontiguousarray(np.clip(brain, 0, 1), np.float32),
         depth_mm=depth,
-        envelope_sd_mm=_envelope(inside, grid),
+        envelope_sd_mm=envelope,
+        head_sd_mm=_head(envelope, grid),
         sites=_sites(gm, wm, brain, depth, grid),
     )
-    for arr in (tpl.gm, tpl.wm, tpl.brain, tpl.depth_mm, tpl.envelope_sd_mm):
+    for arr in (tpl.gm, tpl.wm, tpl.brain, tpl.depth_mm, tpl.envelope_sd_mm, tpl.head_sd_mm):
         arr.setflags(write=False)  # shared by every case in this process
     return tpl
 

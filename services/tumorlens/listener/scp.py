@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import socketserver
 import ssl
 import threading
 import time
@@ -62,6 +63,9 @@ class _FilteringServer(ThreadedAssociationServer):
     """Closes connections from hosts outside ``allowed_hosts`` before any PDU is read."""
 
     allowed_hosts: tuple[str, ...] = ()
+    # Association threads are drained by Listener.stop with a deadline, not joined forever.
+    block_on_close = False
+    daemon_threads = True
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         host = client_address[0] if isinstance(client_address, tuple) else str(client_address)
@@ -69,6 +73,12 @@ class _FilteringServer(ThreadedAssociationServer):
             return True
         log.warning("connection from %s refused: host not in allowed_hosts", host)
         return False
+
+    def shutdown(self) -> None:
+        # pynetdicom's shutdown also unregisters from AE.start_server's list, which a server
+        # from make_server is not on.
+        socketserver.BaseServer.shutdown(self)
+        self.server_close()
 
 
 def _handle_echo(event: evt.Event) -> int:

@@ -9,11 +9,11 @@ hang with it.
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
 import logging
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,7 @@ from pathlib import Path
 import redis
 
 from tumorlens.config import Settings
+from tumorlens.errors import TumorlensError
 from tumorlens.store.jobs import JobStore
 
 log = logging.getLogger(__name__)
@@ -69,25 +70,27 @@ class HealthProbe:
         self._checks.append(HealthCheck(name, check, critical))
 
     def check(self) -> HealthReport:
-        if not self._checks:
-            return HealthReport(serving=True, components=())
-        # A fresh pool per call: a check that never returns keeps its thread, not the probe.
-        pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=len(self._checks), thread_name_prefix="health"
+        # Daemon threads, not an executor: a check that never returns must neither stall
+        # this call beyond the timeout nor keep the process from exiting.
+        results: dict[str, ComponentHealth] = {}
+
+        def run(check: HealthCheck) -> None:
+            results[check.name] = _run(check)
+
+        threads = [
+            threading.Thread(target=run, args=(c,), name=f"health-{c.name}", daemon=True)
+            for c in self._checks
+        ]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + self.timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        components = tuple(
+            results.get(c.name)
+            or ComponentHealth(c.name, False, f"no answer within {self.timeout:g} s", c.critical)
+            for c in self._checks
         )
-        try:
-            futures = [pool.submit(_run, c) for c in self._checks]
-            concurrent.futures.wait(futures, timeout=self.timeout)
-            components = tuple(
-                f.result()
-                if f.done()
-                else ComponentHealth(
-                    c.name, False, f"no answer within {self.timeout:g} s", c.critical
-                )
-                for c, f in zip(self._checks, futures, strict=True)
-            )
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
         serving = all(c.ok for c in components if c.critical)
         return HealthReport(serving=serving, components=components)
 
@@ -95,6 +98,8 @@ class HealthProbe:
 def _run(check: HealthCheck) -> ComponentHealth:
     try:
         ok, detail = check.check()
+    except TumorlensError as exc:  # says what is wrong in its own words
+        ok, detail = False, str(exc)
     except Exception as exc:  # a failing check is a finding, not an error of the probe
         log.debug("health check %s raised", check.name, exc_info=True)
         ok, detail = False, f"{type(exc).__name__}: {exc}"
@@ -191,9 +196,7 @@ def default_probe(
 
         probe.add("broker", shared_broker)
     probe.add("spool", spool_check(settings.spool_dir, settings.disk_reserve_mb))
-    probe.add("models", models_check(settings.models_dir, required_models), critical=models_critical)
+    probe.add(
+        "models", models_check(settings.models_dir, required_models), critical=models_critical
+    )
     return probe
-
-
-with contextlib.suppress(ImportError):  # keep the name importable for type checkers
-    pass

@@ -112,12 +112,8 @@ class EmbeddedRedis:
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
-        try:
-            client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=timeout)
-            client.shutdown(save=True)
-        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
-            log.warning("redis SHUTDOWN failed (%s); terminating", exc)
-            process.terminate()
+        # SIGTERM is redis-server's graceful shutdown: it fsyncs the AOF and saves the RDB.
+        process.terminate()
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:

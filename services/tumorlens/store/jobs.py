@@ -210,6 +210,7 @@ class Job:
     created: float
     updated: float
     last_arrival: float
+    worker: str = ""  # host:pid of the process running the latest attempt
     details: Mapping[str, Any] = field(default_factory=dict)
     timeline: tuple[TimelineEntry, ...] = ()
 
@@ -475,6 +476,7 @@ def _job_from_hash(raw: Mapping[str, str], timeline: list[str]) -> Job:
         created=float(raw.get("created", 0.0)),
         updated=float(raw.get("updated", 0.0)),
         last_arrival=float(raw.get("last_arrival", 0.0)),
+        worker=raw.get("worker", ""),
         details=json.loads(raw["details"]) if raw.get("details") else {},
         timeline=tuple(entries),
     )

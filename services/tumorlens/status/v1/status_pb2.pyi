@@ -1,4 +1,7 @@
 # Regenerate with `python proto/generate.py` (grpcio-tools 1.85.1).
+# mypy: ignore-errors
+# ruff: noqa
+# fmt: off
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -81,7 +84,7 @@ class CancelStudyRequest(_message.Message):
     def __init__(self, study_instance_uid: _Optional[str] = ..., version: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Study(_message.Message):
-    __slots__ = ("study_instance_uid", "version", "state", "step", "instances", "series", "new_instances", "calling_ae_title", "calling_host", "attempts", "error", "created", "updated", "last_arrival", "details_json", "timeline")
+    __slots__ = ("study_instance_uid", "version", "state", "step", "instances", "series", "new_instances", "calling_ae_title", "calling_host", "attempts", "error", "created", "updated", "last_arrival", "details_json", "timeline", "worker")
     STUDY_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +101,7 @@ class Study(_message.Message):
     LAST_ARRIVAL_FIELD_NUMBER: _ClassVar[int]
     DETAILS_JSON_FIELD_NUMBER: _ClassVar[int]
     TIMELINE_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
     study_instance_uid: str
     version: int
     state: JobState
@@ -114,7 +118,8 @@ class Study(_message.Message):
     last_arrival: _timestamp_pb2.Timestamp
     details_json: str
     timeline: _containers.RepeatedCompositeFieldContainer[TimelineEntry]
-    def __init__(self, study_instance_uid: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., step: _Optional[str] = ..., instances: _Optional[int] = ..., series: _Optional[int] = ..., new_instances: _Optional[int] = ..., calling_ae_title: _Optional[str] = ..., calling_host: _Optional[str] = ..., attempts: _Optional[int] = ..., error: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_arrival: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., details_json: _Optional[str] = ..., timeline: _Optional[_Iterable[_Union[TimelineEntry, _Mapping]]] = ...) -> None: ...
+    worker: str
+    def __init__(self, study_instance_uid: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., step: _Optional[str] = ..., instances: _Optional[int] = ..., series: _Optional[int] = ..., new_instances: _Optional[int] = ..., calling_ae_title: _Optional[str] = ..., calling_host: _Optional[str] = ..., attempts: _Optional[int] = ..., error: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_arrival: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., details_json: _Optional[str] = ..., timeline: _Optional[_Iterable[_Union[TimelineEntry, _Mapping]]] = ..., worker: _Optional[str] = ...) -> None: ...
 
 class TimelineEntry(_message.Message):
     __slots__ = ("state", "step", "time", "reason")

@@ -1,0 +1,25 @@
+"""``tumorlens cancel``: cancel a RECEIVING, QUEUED or RUNNING study, via the status API."""
+
+from __future__ import annotations
+
+import argparse
+
+from tumorlens.commands.status import add_client_options, add_study_options, call_api
+from tumorlens.status.client import StatusClient, as_json, dumps, format_update
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("cancel", help="cancel a study that is not finished")
+    add_study_options(parser, required=True)
+    parser.add_argument("--reason", default="", help="recorded as the study's error")
+    add_client_options(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    def cancel(client: StatusClient) -> int:
+        study = client.cancel(args.study, args.version, args.reason)
+        print(dumps(as_json(study)) if args.json else format_update(study))
+        return 0
+
+    return call_api(args, cancel)

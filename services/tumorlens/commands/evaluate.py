@@ -1,0 +1,78 @@
+"""``tumorlens evaluate``: measure a shipped model on labelled data (research use only).
+
+Only ``slices`` (2D classifier on class folders) exists; a ``volumes`` kind goes beside it as
+another ``_register_<kind>`` on the same sub-parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tumorlens.config import load_settings
+from tumorlens.evaluation import plots
+from tumorlens.evaluation.metrics import softmax
+from tumorlens.evaluation.report import format_table
+from tumorlens.evaluation.slices import evaluate_slices
+
+DEFAULT_SLICE_MODEL = "slice_type_2d"
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("evaluate", help="measure a model on labelled data")
+    kinds = parser.add_subparsers(dest="kind", required=True)
+    _register_slices(kinds)
+
+
+def _register_slices(kinds: Any) -> None:
+    p = kinds.add_parser(
+        "slices",
+        help="2D tumour-type classifier on DIR/<class>/*.jpg",
+        description="Evaluate the 2D classifier on a folder of class folders "
+        "(glioma, meningioma, notumor, pituitary).",
+    )
+    p.add_argument("dir", type=Path, metavar="DIR", help="folder holding one folder per class")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_SLICE_MODEL,
+        help="model name in the models directory, or path to its .json card or .onnx file "
+        f"(default {DEFAULT_SLICE_MODEL})",
+    )
+    p.add_argument("--json", type=Path, metavar="FILE", help="write the metrics as JSON")
+    p.add_argument("--plots", type=Path, metavar="DIR", help="write confusion and ROC PNGs")
+    p.add_argument("--split-file", type=Path, metavar="F", help="evaluate only the files it lists")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: settings)")
+    p.set_defaults(func=_run_slices)
+
+
+def _run_slices(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    threads = args.threads if args.threads is not None else settings.inference_threads
+    report, preds = evaluate_slices(
+        args.dir,
+        args.model,
+        settings.models_dir,
+        split_file=args.split_file,
+        batch_size=args.batch_size,
+        threads=threads,
+    )
+    print(format_table(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    if args.plots:
+        cm_path = plots.confusion_matrix_png(
+            np.asarray(report.confusion_matrix, dtype=np.int64),
+            report.labels,
+            args.plots / "confusion_matrix.png",
+        )
+        roc_path = plots.roc_png(
+            preds.labels, softmax(preds.logits), report.labels, args.plots / "roc.png"
+        )
+        print(f"plots: {cm_path} {roc_path}")
+    return 0

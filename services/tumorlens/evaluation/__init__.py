@@ -1,0 +1,1 @@
+"""Offline evaluation of the shipped models: metrics, reports and plots. Never imports torch."""
