@@ -21,6 +21,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "echo",
     "make_study",
     "evaluate",
+    "status",
+    "retry",
+    "cancel",
 )
 
 Handler = Callable[[argparse.Namespace], int]

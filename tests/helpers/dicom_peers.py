@@ -23,17 +23,42 @@ def free_port() -> int:
         return port
 
 
+def _listening_ports() -> set[int] | None:
+    """Local TCP ports in LISTEN state, from /proc (Linux); None where that is unreadable."""
+    ports: set[int] = set()
+    try:
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            lines = Path(table).read_text().splitlines()[1:]
+            for line in lines:
+                fields = line.split()
+                if fields[3] == "0A":  # TCP_LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    except OSError:
+        return None
+    return ports
+
+
 def wait_for_port(port: int, timeout: float = 10.0) -> None:
-    """Return once something accepts connections on 127.0.0.1:``port``."""
+    """Return once something listens on ``port``.
+
+    Reads the socket table rather than connecting: a probe connection would be taken by a
+    single-process SCP such as storescp for an association, and under load that races with
+    the test's own association (storescp then drops the test's connection).
+    """
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listens on 127.0.0.1:{port}") from None
-            time.sleep(0.05)
+        listening = _listening_ports()
+        if listening is None:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    return
+            except OSError:
+                pass
+        elif port in listening:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+        time.sleep(0.05)
 
 
 @dataclass(frozen=True)

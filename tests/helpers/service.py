@@ -53,6 +53,7 @@ class ServeProcess:
 
     def start(self, timeout: float = 60.0) -> ServeProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        offset = len(self.log())
         log = self.log_path.open("a")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tumorlens", "serve"],
@@ -65,7 +66,8 @@ class ServeProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"serve exited early:\n{self.log()}")
-            if "tumorlens ready" in self.log() and "ready." in self.log():
+            text = self.log()[offset:]
+            if "tumorlens ready" in text and "ready." in text:
                 return self
             time.sleep(0.2)
         raise RuntimeError(f"serve not ready in {timeout} s:\n{self.log()}")

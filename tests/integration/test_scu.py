@@ -113,7 +113,7 @@ def test_cli_push_and_echo(
 
 def test_push_to_a_closed_port_raises() -> None:
     port = free_port()
-    expected = re.escape(f"cannot associate with PACS@127.0.0.1:{port}")
+    expected = re.escape(f"cannot connect to PACS@127.0.0.1:{port}")
     with pytest.raises(DeliveryError, match=expected):
         echo("127.0.0.1", port, "PACS", timeout=5)
 
@@ -125,11 +125,10 @@ def test_cli_reports_a_closed_port(study: WrittenStudy) -> None:
 
 @needs_storescp
 def test_refused_association_raises(study: WrittenStudy, tmp_path: Path) -> None:
-    with (
-        run_storescp(tmp_path / "received", extra_args=["--refuse"]) as peer,
-        pytest.raises(DeliveryError, match="rejected"),
-    ):
-        push(study.paths, peer.host, peer.port, peer.ae_title)
+    with run_storescp(tmp_path / "received", extra_args=["--refuse", "-d"]) as peer:
+        with pytest.raises(DeliveryError) as raised:
+            push(study.paths, peer.host, peer.port, peer.ae_title)
+        assert "rejected" in str(raised.value), peer.log.read_text()
 
 
 class ScriptedSCP:

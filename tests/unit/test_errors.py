@@ -1,6 +1,5 @@
 import grpc
 import pytest
-
 from tumorlens import errors as e
 
 

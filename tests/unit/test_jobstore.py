@@ -3,7 +3,6 @@
 import threading
 
 import pytest
-
 from tumorlens.errors import InvalidTransitionError, StudyNotFoundError
 from tumorlens.identifiers import InstanceKey
 from tumorlens.store.jobs import AttemptDecision, JobRef, JobStore
@@ -13,7 +12,9 @@ STUDY = "1.2.826.0.1.1"
 
 
 def record(jobs: JobStore, sop: str, series: str = "1.2.1", now: float = 100.0) -> int:
-    return jobs.record_instance(InstanceKey(STUDY, series, sop), "ORTHANC", "127.0.0.1", now).version
+    return jobs.record_instance(
+        InstanceKey(STUDY, series, sop), "ORTHANC", "127.0.0.1", now
+    ).version
 
 
 def test_instances_are_counted_once(jobs: JobStore) -> None:

@@ -2,7 +2,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from tumorlens.errors import InsufficientStorageError, InvalidUIDError
 from tumorlens.identifiers import InstanceKey, validate_uid
 from tumorlens.listener.spool import Spool
@@ -55,9 +54,7 @@ def test_concurrent_copies_of_one_instance_end_as_one_file(tmp_path: Path) -> No
     for t in threads:
         t.join()
     assert sum(r.created for r in results) == 1
-    assert [p.name for p in (tmp_path / "spool" / "1.2.3" / "1.2.3.1").iterdir()] == [
-        "1.2.3.4.dcm"
-    ]
+    assert [p.name for p in (tmp_path / "spool" / "1.2.3" / "1.2.3.1").iterdir()] == ["1.2.3.4.dcm"]
     assert list((tmp_path / "spool" / ".incoming").iterdir()) == []
 
 

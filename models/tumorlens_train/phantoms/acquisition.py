@@ -62,8 +62,9 @@ def sample_acquisition(
 
 def _rician(image: FloatArray, sigma: float, rng: np.random.Generator) -> FloatArray:
     """Magnitude of a complex signal with Gaussian noise in both channels."""
-    real = image + rng.normal(0.0, sigma, size=image.shape).astype(np.float32)
-    imag = rng.normal(0.0, sigma, size=image.shape).astype(np.float32)
+    s = np.float32(sigma)
+    real = image + s * rng.standard_normal(image.shape, dtype=np.float32)
+    imag = s * rng.standard_normal(image.shape, dtype=np.float32)
     return np.sqrt(real * real + imag * imag)
 
 
@@ -82,7 +83,8 @@ def _lerp(volume: FloatArray, axis: int, positions: np.ndarray) -> FloatArray:
     shape = [1, 1, 1]
     shape[axis] = len(positions)
     w = w.reshape(shape)
-    return volume.take(lower, axis=axis) * (1 - w) + volume.take(lower + 1, axis=axis) * w
+    out = volume.take(lower, axis=axis) * (1 - w) + volume.take(lower + 1, axis=axis) * w
+    return np.asarray(out, dtype=np.float32)
 
 
 def acquire(

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .fields import FloatArray, sample, smooth_noise
-from .template import GRID_CENTRE_MM, Grid, Template
+from .template import GRID_CENTRE_MM, PITUITARY_GLAND_MM, SELLA_MNI_MM, Grid, Template
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def _rotation(rng: np.random.Generator, max_deg: float) -> FloatArray:
     rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
     ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
     rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return (rz @ ry @ rx).astype(np.float32)
+    return np.asarray(rz @ ry @ rx, dtype=np.float32)
 
 
 def random_deformation(
@@ -69,10 +69,14 @@ def random_deformation(
     amplitude = float(rng.uniform(*elastic_mm))
     centre = np.asarray(GRID_CENTRE_MM, dtype=np.float32).reshape(3, 1, 1, 1)
 
-    world = grid.world() - centre
     matrix = rot * scale[None, :]
-    atlas = np.einsum("ij,jxyz->ixyz", matrix, world, optimize=True)
-    atlas += centre + shift.reshape(3, 1, 1, 1)
+    # The grid is separable, so the affine part is a sum of three broadcast axis terms.
+    axes = [grid.axis_mm(a) - centre[a, 0, 0, 0] for a in range(3)]
+    axes = [axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]]
+    atlas = np.empty((3, *grid.shape), dtype=np.float32)
+    for i in range(3):
+        atlas[i] = matrix[i, 0] * axes[0] + matrix[i, 1] * axes[1] + matrix[i, 2] * axes[2]
+        atlas[i] += centre[i, 0, 0, 0] + shift[i]
     n_ctrl = tuple(max(3, round(e / 30.0)) for e in (s * grid.spacing for s in grid.shape))
     for axis in range(3):
         atlas[axis] += amplitude * smooth_noise(rng, grid.shape, n_ctrl)
@@ -121,3 +125,16 @@ def sample_head_surfaces(template: Template, atlas_mm: FloatArray) -> tuple[Floa
     """
     index = template.grid.to_index(atlas_mm)
     return sample(template.envelope_sd_mm, index), sample(template.head_sd_mm, index)
+
+
+def pituitary_gland(source_mm: FloatArray, spacing: float) -> FloatArray:
+    """Soft fraction of the normal pituitary gland, an ellipsoid in the sella.
+
+    Evaluated on mass-effect source coordinates so an adenoma compresses the gland aside.
+    """
+    semi = np.asarray(PITUITARY_GLAND_MM, dtype=np.float32).reshape(3, 1, 1, 1)
+    centre = np.asarray(SELLA_MNI_MM, dtype=np.float32).reshape(3, 1, 1, 1)
+    q = np.sqrt((((source_mm - centre) / semi) ** 2).sum(axis=0))
+    # (1 - q) times the mean semi-axis approximates the distance to the surface in mm.
+    soft = np.clip((1.0 - q) * float(semi.mean()) / spacing + 0.5, 0.0, 1.0)
+    return np.asarray(soft, dtype=np.float32)

@@ -25,16 +25,18 @@ BASE_SIGNAL: dict[str, tuple[float, float, float, float]] = {
     "gm": (0.68, 0.70, 0.56, 0.62),
     "csf": (0.22, 0.22, 1.00, 0.10),
     "extra_csf": (0.22, 0.24, 1.00, 0.10),
+    "gland": (0.70, 1.40, 0.55, 0.60),  # normal pituitary enhances avidly
     # tumour compartments
     "necrosis": (0.30, 0.30, 0.88, 0.45),
     "non_enhancing": (0.52, 0.53, 0.82, 0.86),
     "cyst": (0.26, 0.27, 0.95, 0.30),
     "enhancing": (0.62, 1.45, 0.62, 0.75),
     "extra_axial": (0.66, 1.50, 0.58, 0.64),
+    "adenoma": (0.64, 1.12, 0.60, 0.62),
     "oedema": (0.56, 0.57, 0.80, 0.95),
     # head layers
     "inner_table": (0.04, 0.04, 0.04, 0.04),
-    "diploe": (1.05, 1.05, 0.62, 0.72),
+    "diploe": (0.90, 0.92, 0.55, 0.62),
     "outer_table": (0.04, 0.04, 0.04, 0.04),
     "muscle": (0.55, 0.58, 0.35, 0.40),
     "fat": (1.35, 1.35, 0.85, 0.90),
@@ -48,6 +50,7 @@ COMPARTMENT_CLASS: dict[Compartment, str] = {
     Compartment.ENHANCING: "enhancing",
     Compartment.EXTRA_AXIAL: "extra_axial",
     Compartment.OEDEMA: "oedema",
+    Compartment.ADENOMA: "adenoma",
 }
 
 #: Std of multiplicative texture per class: necrotic/enhancing glioma is heterogeneous,
@@ -60,6 +63,7 @@ TEXTURE: dict[str, float] = {
     "cyst": 0.03,
     "enhancing": 0.15,
     "extra_axial": 0.04,
+    "adenoma": 0.04,
     "oedema": 0.07,
 }
 

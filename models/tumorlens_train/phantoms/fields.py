@@ -63,9 +63,10 @@ def sample(volume: FloatArray, index: FloatArray, order: int = 1) -> FloatArray:
     Extending the edge matters at the bottom of the template, where the brainstem is cut by the
     template's field of view and should continue into the neck rather than stop.
     """
-    return ndi.map_coordinates(
+    out = ndi.map_coordinates(
         volume, index, order=order, mode="nearest", output=np.float32, prefilter=False
     )
+    return np.asarray(out, dtype=np.float32)
 
 
 def crop_slices(

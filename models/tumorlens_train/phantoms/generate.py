@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,7 +10,14 @@ import numpy as np
 import numpy.typing as npt
 
 from .acquisition import acquire, sample_acquisition
-from .anatomy import Tissue, apply_mass_effect, random_deformation, sample_head_surfaces, sample_tissue
+from .anatomy import (
+    Tissue,
+    apply_mass_effect,
+    pituitary_gland,
+    random_deformation,
+    sample_head_surfaces,
+    sample_tissue,
+)
 from .contrast import SEQUENCES, sample_contrast, synthesise
 from .fields import FloatArray
 from .head import head_fractions, intracranial_fraction, sample_head
@@ -78,16 +86,20 @@ def generate_case(
 
     envelope_sd, head_sd = sample_head_surfaces(template, atlas)
     intracranial = intracranial_fraction(envelope_sd, head, grid.spacing)
-    pushed = sample_tissue(template, apply_mass_effect(atlas, plan.mass_effects()))
+    source = apply_mass_effect(atlas, plan.mass_effects())
+    pushed = sample_tissue(template, source)
     # Tissue pushed past the dura by mass effect is squeezed out, not drawn inside the skull.
     tissue = Tissue(*(m * intracranial for m in (pushed.gm, pushed.wm, pushed.csf, pushed.brain)))
-    rendered = render_tumour(plan, atlas, tissue, intracranial > 0.5, grid, r_tumour)
+    rendered = render_tumour(plan, atlas, tissue, intracranial > 0.5, grid=grid, rng=r_tumour)
 
+    extra = np.clip(intracranial - tissue.brain, 0.0, 1.0)  # inside the dura, outside brain
+    gland = np.minimum(pituitary_gland(source, grid.spacing), extra)
     healthy: dict[str, FloatArray] = {
         "wm": tissue.wm,
         "gm": tissue.gm,
         "csf": tissue.csf,
-        "extra_csf": np.clip(intracranial - tissue.brain, 0.0, 1.0),
+        "gland": gland,
+        "extra_csf": extra - gland,
     }
     if config.full_head:
         healthy |= head_fractions(envelope_sd, head_sd, head, grid.spacing, r_anat)
@@ -135,3 +147,13 @@ def generate_case(
         compartments=rendered.compartments,
         metadata=metadata,
     )
+
+
+def case_seed(dataset_seed: int, index: int) -> int:
+    """Seed of case ``index`` in a dataset; stored in its metadata to regenerate it alone."""
+    return int(np.random.SeedSequence([dataset_seed, index]).generate_state(1)[0])
+
+
+def case_type(types: Sequence[TumourType], index: int) -> TumourType:
+    """Round-robin type assignment, so any run of consecutive cases is balanced."""
+    return types[index % len(types)]

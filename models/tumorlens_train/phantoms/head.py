@@ -33,10 +33,12 @@ def sample_head(rng: np.random.Generator) -> dict[str, Any]:
 
 def _inside(sd: FloatArray, boundary: FloatArray | float, spacing: float) -> FloatArray:
     """Soft indicator of sd < boundary with a one-voxel partial-volume ramp."""
-    return np.clip((boundary - sd) / spacing + 0.5, 0.0, 1.0).astype(np.float32)
+    return np.asarray(np.clip((boundary - sd) / spacing + 0.5, 0.0, 1.0), dtype=np.float32)
 
 
-def intracranial_fraction(envelope_sd: FloatArray, params: dict[str, Any], spacing: float) -> FloatArray:
+def intracranial_fraction(
+    envelope_sd: FloatArray, params: dict[str, Any], spacing: float
+) -> FloatArray:
     """Soft mask of the space inside the dura."""
     return _inside(envelope_sd, params["dura_offset_mm"], spacing)
 
@@ -64,7 +66,9 @@ def head_fractions(
     bone = np.clip(outer - intracranial, 0.0, 1.0)
     # Diploe: bone at least one table thickness from both the scalp and the dura.
     below_outer = _inside(head_sd, boundary - params["outer_table"], spacing)
-    beyond_inner = 1.0 - _inside(envelope_sd, params["dura_offset_mm"] + params["inner_table"], spacing)
+    beyond_inner = 1.0 - _inside(
+        envelope_sd, params["dura_offset_mm"] + params["inner_table"], spacing
+    )
     out["diploe"] = bone * below_outer * beyond_inner
     cortical = bone - out["diploe"]
     # Split cortical bone by which surface is nearer, only for the signal table's bookkeeping.

@@ -12,9 +12,9 @@ computed once per spacing and cached per process (about a second).
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
-import importlib.util
 from pathlib import Path
 
 import nibabel as nib
@@ -38,7 +38,9 @@ _TEMPLATE_FILES = {
     "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
 }
 _ENVELOPE_CLOSING_MM = 10.0  # fills the gaps between lobes so the skull hugs a head, not gyri
-_SELLA_BALL_MM = 12.0  # keeps the sellar region intracranial (pituitary tumours grow there)
+_SELLA_BALL_MM = 8.0  # keeps the sella intracranial: it holds the gland and adenomas grow there
+#: Normal pituitary gland: an ellipsoid (semi-axes x, y, z in mm) filling the sella.
+PITUITARY_GLAND_MM = (6.5, 5.0, 3.5)
 _NECK_Z_MM = -66.0  # below this the template is cut; the head continues as a straight neck
 _HEAD_MARGIN_MM = 14.0  # dura to skin at the vault (skull ~7 mm + scalp ~7 mm)
 _HEAD_CLOSING_MM = 25.0  # the outer head is smooth: fills the skull base and temporal fossae
@@ -113,7 +115,7 @@ class Template:
 
     @cached_property
     def csf(self) -> FloatArray:
-        return np.clip(self.brain - self.gm - self.wm, 0.0, 1.0)
+        return np.asarray(np.clip(self.brain - self.gm - self.wm, 0.0, 1.0), dtype=np.float32)
 
 
 def template_dir() -> Path:
@@ -138,7 +140,7 @@ def _resample(volume: FloatArray, grid: Grid, src_affine: npt.NDArray[np.float64
         # Gaussian with FWHM of the output voxel, net of the input voxel already there.
         volume = ndi.gaussian_filter(volume, sigma=0.42 * np.sqrt(ratio**2 - 1), mode="constant")
     offset = (np.asarray(grid.origin) - src_affine[:3, 3]) / src_spacing
-    return ndi.affine_transform(
+    out = ndi.affine_transform(
         volume,
         matrix=np.full(3, ratio),
         offset=offset,
@@ -147,6 +149,7 @@ def _resample(volume: FloatArray, grid: Grid, src_affine: npt.NDArray[np.float64
         mode="nearest",  # continue the cut brainstem into the neck below the template's FOV
         output=np.float32,
     )
+    return np.asarray(out, dtype=np.float32)
 
 
 def _supratentorial(xyz: FloatArray) -> npt.NDArray[np.bool_]:
@@ -166,10 +169,18 @@ def _signed_distance(mask: npt.NDArray[np.bool_], spacing: float) -> FloatArray:
     return np.asarray(outside - inside, dtype=np.float32)
 
 
-def _closing(mask: npt.NDArray[np.bool_], radius_mm: float, spacing: float) -> npt.NDArray[np.bool_]:
-    """Morphological closing with a ball, via two distance transforms (fast for big radii)."""
-    grown = ndi.distance_transform_edt(~mask, sampling=spacing) <= radius_mm
-    return np.asarray(ndi.distance_transform_edt(grown, sampling=spacing) > radius_mm) | mask
+def _closing(
+    mask: npt.NDArray[np.bool_], radius_mm: float, spacing: float
+) -> npt.NDArray[np.bool_]:
+    """Morphological closing with a ball, via two distance transforms (fast for big radii).
+
+    Padded first: otherwise the grid edge counts as inside and the closing grows arms to it.
+    """
+    pad = int(np.ceil(radius_mm / spacing)) + 1
+    padded = np.pad(mask, pad)
+    grown = ndi.distance_transform_edt(~padded, sampling=spacing) <= radius_mm
+    closed = ndi.distance_transform_edt(grown, sampling=spacing) > radius_mm
+    return np.asarray(closed[pad:-pad, pad:-pad, pad:-pad]) | mask
 
 
 def _extrude_neck(mask: npt.NDArray[np.bool_], grid: Grid) -> None:
@@ -206,12 +217,18 @@ def _sites(
     inside = brain > 0.5
     deep_wm = inside & supra & (wm > 0.7) & (depth >= 15.0) & (csf < 0.2)
     cerebral = inside & supra & ((wm > 0.5) | (gm > 0.5)) & (depth >= 10.0) & (csf < 0.2)
+    x, y, z = world[..., 0], world[..., 1], world[..., 2]
+    # Basal ganglia and thalami also have mixed GM/WM probabilities; exclude them so that
+    # "junction" means the cortical grey/white boundary.
+    deep_nuclei = (np.abs(x) < 32) & (y > -40) & (y < 28) & (z > -15) & (z < 22)
     junction = (
         inside
         & (np.abs(gm - 0.5) < 0.2)
         & (np.abs(wm - 0.45) < 0.2)
         & (depth >= 5.0)
-        & (world[..., 2] > -50)  # not in the medulla/neck
+        & (depth <= 22.0)
+        & ~deep_nuclei
+        & (z > -50)  # not in the medulla/neck
     )
     # Meningioma: convexity surface (not the skull base, which the envelope smooths over).
     smooth = ndi.gaussian_filter(inside.astype(np.float32), sigma=4.0 / grid.spacing)
@@ -219,7 +236,7 @@ def _sites(
     norm = np.linalg.norm(grad, axis=-1, keepdims=True)
     normals = -grad / np.maximum(norm, 1e-6)
     shell = inside & ~ndi.binary_erosion(inside)
-    surface = shell & (world[..., 2] > 0) & (normals[..., 2] > -0.2) & (np.abs(world[..., 0]) > 8)
+    surface = shell & (z > 0) & (normals[..., 2] > -0.2) & (np.abs(x) > 8)
     return Sites(
         deep_wm=_coords(deep_wm, grid),
         cerebral=_coords(cerebral, grid),
@@ -231,6 +248,8 @@ def _sites(
 
 def _load_1mm(name: str) -> tuple[FloatArray, npt.NDArray[np.float64]]:
     img = nib.load(template_dir() / _TEMPLATE_FILES[name])
+    if not isinstance(img, nib.Nifti1Image):
+        raise TypeError(f"{_TEMPLATE_FILES[name]} is not a NIfTI image")
     data = np.asarray(img.dataobj, dtype=np.float32)
     return data, np.asarray(img.affine, dtype=np.float64)
 
@@ -240,13 +259,15 @@ def _load_template(spacing: float) -> Template:
     grid = Grid.for_spacing(spacing)
     t1, affine = _load_1mm("t1")
     mask_1mm = ndi.binary_fill_holes(t1 > 0).astype(np.float32)
-    gm = _resample(_load_1mm("gm")[0] / 255.0, grid, affine)
-    wm = _resample(_load_1mm("wm")[0] / 255.0, grid, affine)
-    brain = _resample(mask_1mm, grid, affine)
-    brain = np.where(ndi.binary_fill_holes(brain > 0.5), np.maximum(brain, 0.5), brain)
+    gm_raw = _resample(_load_1mm("gm")[0] / 255.0, grid, affine)
+    wm_raw = _resample(_load_1mm("wm")[0] / 255.0, grid, affine)
+    brain_raw = _resample(mask_1mm, grid, affine)
+    filled = ndi.binary_fill_holes(brain_raw > 0.5)
+    brain = np.where(filled, np.maximum(brain_raw, 0.5), brain_raw).astype(np.float32)
     # Probability maps can sum above the mask at edges; keep gm + wm <= brain.
-    over = np.maximum((gm + wm) / np.maximum(brain, 1e-6), 1.0)
-    gm, wm = gm / over, wm / over
+    over = np.maximum((gm_raw + wm_raw) / np.maximum(brain, 1e-6), 1.0)
+    gm = np.asarray(gm_raw / over, dtype=np.float32)
+    wm = np.asarray(wm_raw / over, dtype=np.float32)
     inside = brain > 0.5
     depth = np.asarray(ndi.distance_transform_edt(inside, sampling=grid.spacing), np.float32)
     envelope = _envelope(inside, grid)

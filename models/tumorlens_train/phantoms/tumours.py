@@ -35,8 +35,9 @@ class Compartment(IntEnum):
     NON_ENHANCING = 2  # solid low-grade glioma
     CYST = 3  # cystic part of a pituitary macroadenoma
     ENHANCING = 4  # intra-axial enhancing tumour: glioma rim, metastasis
-    EXTRA_AXIAL = 5  # homogeneously enhancing meningioma / adenoma tissue
+    EXTRA_AXIAL = 5  # homogeneously enhancing meningioma
     OEDEMA = 6
+    ADENOMA = 7  # pituitary adenoma: enhances, but less than the normal gland beside it
 
 
 #: Compartment -> internal label (index with a compartment array).
@@ -49,6 +50,7 @@ COMPARTMENT_LABEL = np.array(
         Label.ENHANCING,
         Label.ENHANCING,
         Label.OEDEMA,
+        Label.ENHANCING,
     ],
     dtype=np.uint8,
 )
@@ -182,7 +184,8 @@ def _tuple(v: npt.ArrayLike) -> tuple[float, float, float]:
 def _direction_noise(rng: np.random.Generator, unit: FloatArray, n_ctrl: int = 4) -> FloatArray:
     """A smooth random function of direction (unit vectors (3, ...)), unit std."""
     cube = smooth_noise(rng, (9, 9, 9), n_ctrl)
-    return ndi.map_coordinates(cube, (unit + 1.0) * 4.0, order=1, output=np.float32)
+    out = ndi.map_coordinates(cube, (unit + 1.0) * 4.0, order=1, output=np.float32)
+    return np.asarray(out, dtype=np.float32)
 
 
 def _random_rotation(rng: np.random.Generator) -> FloatArray:
@@ -194,6 +197,7 @@ def _radius_field(
     rng: np.random.Generator,
     unit: FloatArray,
     radius: float,
+    *,
     roughness: float,
     elongation: float,
     axes: tuple[float, float, float] | None = None,
@@ -240,7 +244,7 @@ def _oedema(
     dist = ndi.distance_transform_edt(~tumour, sampling=spacing)
     cap = dist <= reach_mm * (1.0 + 0.25 * smooth_noise(rng, shape, ctrl))
     halo = (dist <= halo_mm) & in_brain
-    return ((grown & cap) | halo) & ~tumour
+    return np.asarray(((grown & cap) | halo) & ~tumour, dtype=bool)
 
 
 # --- rendering --------------------------------------------------------------------------------
@@ -261,6 +265,7 @@ def _local(
     tissue: Tissue,
     intracranial: BoolArray,
     lesion: Lesion,
+    *,
     extent_mm: float,
     grid: Grid,
 ) -> _Local | None:
@@ -284,6 +289,7 @@ def render_tumour(
     atlas: FloatArray,
     tissue: Tissue,
     intracranial: BoolArray,
+    *,
     grid: Grid,
     rng: np.random.Generator,
 ) -> RenderedTumour:
@@ -296,7 +302,8 @@ def render_tumour(
     out = RenderedTumour(comp)
     for lesion in plan.lesions:
         spec = _RENDERERS[plan.tumour_type]
-        local = _local(atlas, tissue, intracranial, lesion, spec.extent(lesion), grid)
+        extent = spec.extent(lesion)
+        local = _local(atlas, tissue, intracranial, lesion, extent_mm=extent, grid=grid)
         if local is None:
             continue
         tumour, oedema = spec.draw(local, lesion, grid.spacing, rng)
@@ -339,7 +346,7 @@ class _HighGradeGlioma(_Renderer):
     def draw(
         self, local: _Local, lesion: Lesion, spacing: float, rng: np.random.Generator
     ) -> tuple[npt.NDArray[np.uint8], BoolArray]:
-        outer = _radius_field(rng, local.unit, lesion.radius_mm, 0.22, 0.2)
+        outer = _radius_field(rng, local.unit, lesion.radius_mm, roughness=0.22, elongation=0.2)
         t_min = 1.6 * spacing
         rim = rng.uniform(2.5, 6.5) * (1.0 + 0.5 * _direction_noise(rng, local.unit, 5))
         rim = np.clip(rim, t_min, np.maximum(0.55 * outer, t_min))
@@ -359,7 +366,7 @@ class _LowGradeGlioma(_Renderer):
     def draw(
         self, local: _Local, lesion: Lesion, spacing: float, rng: np.random.Generator
     ) -> tuple[npt.NDArray[np.uint8], BoolArray]:
-        outer = _radius_field(rng, local.unit, lesion.radius_mm, 0.15, 0.25)
+        outer = _radius_field(rng, local.unit, lesion.radius_mm, roughness=0.15, elongation=0.25)
         inside = (local.r < outer) & (local.tissue["brain"] > 0.3) & local.intracranial
         comp = np.zeros(local.r.shape, dtype=np.uint8)
         comp[inside] = Compartment.NON_ENHANCING
@@ -384,7 +391,7 @@ class _Metastasis(_Renderer):
     def draw(
         self, local: _Local, lesion: Lesion, spacing: float, rng: np.random.Generator
     ) -> tuple[npt.NDArray[np.uint8], BoolArray]:
-        outer = _radius_field(rng, local.unit, lesion.radius_mm, 0.06, 0.08)
+        outer = _radius_field(rng, local.unit, lesion.radius_mm, roughness=0.06, elongation=0.08)
         inside = (local.r < outer) & (local.tissue["brain"] > 0.2) & local.intracranial
         comp = np.zeros(local.r.shape, dtype=np.uint8)
         comp[inside] = Compartment.ENHANCING
@@ -404,7 +411,7 @@ class _Meningioma(_Renderer):
     def draw(
         self, local: _Local, lesion: Lesion, spacing: float, rng: np.random.Generator
     ) -> tuple[npt.NDArray[np.uint8], BoolArray]:
-        outer = _radius_field(rng, local.unit, lesion.radius_mm, 0.07, 0.12)
+        outer = _radius_field(rng, local.unit, lesion.radius_mm, roughness=0.07, elongation=0.12)
         inside = (local.r < outer) & local.intracranial
         comp = np.zeros(local.r.shape, dtype=np.uint8)
         comp[inside] = Compartment.EXTRA_AXIAL
@@ -412,8 +419,11 @@ class _Meningioma(_Renderer):
             # Dural tail: thin enhancement along the dura just beyond the tumour margin.
             dura = local.intracranial & ~ndi.binary_erosion(local.intracranial, iterations=1)
             reach = lesion.radius_mm * rng.uniform(1.2, 1.6)
-            tail = dura & (local.r < reach) & (local.tissue["brain"] < 0.5)
-            comp[tail & ~inside] = Compartment.EXTRA_AXIAL
+            tail = dura & (local.r < reach) & (local.tissue["brain"] < 0.5) & ~inside
+            # Only dura continuous with the tumour: isolated specks would read as extra lesions.
+            parts, _ = ndi.label(tail | inside, ndi.generate_binary_structure(3, 3))
+            attached = np.unique(parts[inside])
+            comp[tail & np.isin(parts, attached[attached > 0])] = Compartment.EXTRA_AXIAL
         reach = rng.uniform(2.0, 7.0) if rng.random() < 0.35 else 0.0
         solid = comp != Compartment.NONE
         oedema = _oedema(solid, local.tissue, reach, spacing, rng, follow_wm=False)
@@ -429,10 +439,12 @@ class _PituitaryAdenoma(_Renderer):
         # Taller than wide once it grows out of the sella ("snowman" macroadenoma).
         tall = 1.25 if lesion.push_mm > 0 else 1.0
         axes = (0.95 / np.sqrt(tall), 1.05 / np.sqrt(tall), tall)
-        outer = _radius_field(rng, local.unit, lesion.radius_mm, 0.05, 0.0, axes=axes)
+        outer = _radius_field(
+            rng, local.unit, lesion.radius_mm, roughness=0.05, elongation=0.0, axes=axes
+        )
         inside = local.r < outer
         comp = np.zeros(local.r.shape, dtype=np.uint8)
-        comp[inside] = Compartment.EXTRA_AXIAL
+        comp[inside] = Compartment.ADENOMA
         if lesion.push_mm > 0 and rng.random() < 0.3:
             cyst = inside & (local.r < outer * rng.uniform(0.25, 0.45))
             comp[cyst] = Compartment.CYST

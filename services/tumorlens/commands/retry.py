@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from tumorlens.commands.status import add_client_options, add_study_options, call_api
-from tumorlens.status.client import StatusClient, as_json, dumps, format_update
+from tumorlens.status.client import StatusClient, as_json, dumps, format_result
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     def retry(client: StatusClient) -> int:
         study = client.retry(args.study, args.version, args.reason)
-        print(dumps(as_json(study)) if args.json else format_update(study))
+        print(dumps(as_json(study)) if args.json else format_result(study))
         return 0
 
     return call_api(args, retry)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 
+from tumorlens.childproc import die_with_supervisor
 from tumorlens.commands.common import add_service_options, settings_from_args
 from tumorlens.service import open_backend
 from tumorlens.worker.celery_app import QUEUE, create_celery
@@ -19,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
+    supervisor = os.environ.get("TUMORLENS_SUPERVISOR_PID")
+    if supervisor:
+        die_with_supervisor(int(supervisor))
     concurrency = args.concurrency or settings.worker_concurrency
     with open_backend(settings) as backend:
         app = create_celery(settings, backend.redis_url)

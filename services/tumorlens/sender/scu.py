@@ -174,11 +174,15 @@ def _association(
 ) -> Iterator[Association]:
     """An established association, released on exit; DeliveryError when there is none."""
     responses: list[A_ASSOCIATE] = []
+    connected: list[bool] = []
 
     def on_acse_recv(event: evt.Event) -> None:
         primitive = event.primitive  # type: ignore[attr-defined]
         if isinstance(primitive, A_ASSOCIATE) and primitive.result is not None:
             responses.append(primitive)
+
+    def on_conn_open(event: evt.Event) -> None:
+        connected.append(True)
 
     peer = f"{called_aet}@{host}:{port}"
     assoc = ae.associate(
@@ -187,18 +191,23 @@ def _association(
         ae_title=called_aet,
         max_pdu=max_pdu,
         tls_args=(tls, host) if tls is not None else None,
-        evt_handlers=[(evt.EVT_ACSE_RECV, on_acse_recv)],
+        evt_handlers=[(evt.EVT_ACSE_RECV, on_acse_recv), (evt.EVT_CONN_OPEN, on_conn_open)],
     )
     if not assoc.is_established:
         if not responses:
-            raise DeliveryError(
-                f"cannot associate with {peer}: connection refused, failed or timed out"
-            )
-        if assoc.is_rejected:
+            # When the peer closes the connection right after its A-ASSOCIATE-RJ (dcmtk
+            # does), pynetdicom may see the close first and abort without reading the
+            # reply, which then still waits in the DUL queue.
+            leftover = assoc.dul.receive_pdu(wait=False)
+            if isinstance(leftover, A_ASSOCIATE) and leftover.result is not None:
+                responses.append(leftover)
+        if responses and responses[-1].result != RESULT_ACCEPTED:
             raise DeliveryError(f"association with {peer} {_describe_rejection(responses[-1])}")
-        if responses[-1].result == RESULT_ACCEPTED:
+        if responses:
             raise DeliveryError(f"{peer} accepted none of the proposed presentation contexts")
-        raise DeliveryError(f"association with {peer} aborted during negotiation")
+        if not connected:
+            raise DeliveryError(f"cannot connect to {peer}: connection refused or timed out")
+        raise DeliveryError(f"association with {peer} aborted or closed before the peer answered")
     try:
         yield assoc
     finally:

@@ -198,18 +198,18 @@ def format_study(study: pb.Study, now: float | None = None) -> str:
     width = max(len(name) for name, _ in fields)
     lines = [f"{name.ljust(width)}  {value}" for name, value in fields]
     lines += ["", "Timeline"]
+    step_width = max((len(e.step) for e in study.timeline), default=0)
     for entry in study.timeline:
-        offset = _seconds(entry.time) - created
+        offset = max(0.0, _seconds(entry.time) - created)  # no "-0.0s" from rounding
         parts = [
             f"  {format_time(entry.time, millis=True)}",
             f"{'+' + format_offset(offset):>9}",
             state_name(entry.state).ljust(9),
-            entry.step,
+            entry.step.ljust(step_width),
         ]
-        line = "  ".join(parts).rstrip()
         if entry.reason:
-            line += f"  - {entry.reason}"
-        lines.append(line)
+            parts.append(f"- {entry.reason}")
+        lines.append("  ".join(parts).rstrip())
     return "\n".join(lines)
 
 
@@ -227,6 +227,12 @@ def format_update(study: pb.Study) -> str:
     if study.error:
         line += f": {study.error}"
     return line
+
+
+def format_result(study: pb.Study) -> str:
+    """What a retry or cancel left the study in."""
+    line = f"{study.study_instance_uid} v{study.version}: {state_name(study.state)}"
+    return line + (f" ({study.error})" if study.error else "")
 
 
 def format_health(health: pb.HealthResponse) -> str:

@@ -72,6 +72,7 @@ class HealthProbe:
     def check(self) -> HealthReport:
         # Daemon threads, not an executor: a check that never returns must neither stall
         # this call beyond the timeout nor keep the process from exiting.
+        checks = tuple(self._checks)  # add() may run meanwhile
         results: dict[str, ComponentHealth] = {}
 
         def run(check: HealthCheck) -> None:
@@ -79,7 +80,7 @@ class HealthProbe:
 
         threads = [
             threading.Thread(target=run, args=(c,), name=f"health-{c.name}", daemon=True)
-            for c in self._checks
+            for c in checks
         ]
         for thread in threads:
             thread.start()
@@ -89,7 +90,7 @@ class HealthProbe:
         components = tuple(
             results.get(c.name)
             or ComponentHealth(c.name, False, f"no answer within {self.timeout:g} s", c.critical)
-            for c in self._checks
+            for c in checks
         )
         serving = all(c.ok for c in components if c.critical)
         return HealthReport(serving=serving, components=components)

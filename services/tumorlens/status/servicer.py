@@ -66,7 +66,8 @@ def _timestamp(seconds: float) -> Timestamp | None:
     if seconds <= 0:  # never set
         return None
     ts = Timestamp()
-    ts.FromNanoseconds(round(seconds * 1e9))
+    # The store keeps float seconds: finer than microseconds would only show float noise.
+    ts.FromMicroseconds(round(seconds * 1e6))
     return ts
 
 
@@ -258,6 +259,7 @@ class StudyStatusServicer(status_pb2_grpc.StudyStatusServicer):
         self._jobs.transition(ref, JobState.CANCELLED, reason=reason)
         return study_message(self._jobs.get(ref.study_instance_uid, ref.version))
 
+    @_unary
     def Health(  # noqa: N802
         self, request: pb.HealthRequest, context: grpc.ServicerContext
     ) -> pb.HealthResponse:

@@ -17,6 +17,7 @@ from types import TracebackType
 
 import redis
 
+from tumorlens.childproc import die_with_parent
 from tumorlens.errors import ConfigurationError, JobStoreUnavailableError
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class EmbeddedRedis:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - one prctl syscall, see childproc
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -1,0 +1,154 @@
+"""Inference latency: PyTorch eager (CPU) vs ONNX Runtime (CPU) on the same batch and threads.
+
+    python bench/inference.py [--models slice_type_2d] [--batch 32] [--threads 2] [--runs 20]
+
+Each model is a :class:`Target` built by a function in ``TARGETS``; a 3D model is added by
+writing another builder. A model whose ONNX file or torch definition/weights are missing is
+skipped with the reason printed (the torch side is optional: ORT alone is still timed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tumorlens.inference.card import resolve_model
+from tumorlens.inference.session import create_session
+
+REPO = Path(__file__).resolve().parents[1]
+ZOO = REPO / "models" / "tumorlens_zoo"
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    onnx_path: Path
+    input_name: str
+    sample_shape: tuple[int, ...]  # one sample, without the batch axis
+    torch_model: Any | None  # an eval-mode torch.nn.Module, or None
+    torch_missing: str = ""  # why there is no torch model
+
+
+def _slice_type_2d(args: argparse.Namespace) -> Target:
+    onnx_path, card = resolve_model("slice_type_2d", ZOO)
+    shape = (card.input_channels, card.input_size, card.input_size)
+    checkpoint = args.slice_checkpoint
+    try:
+        from tumorlens_train.nets2d import load_checkpoint
+    except ModuleNotFoundError as exc:
+        return Target(card.name, onnx_path, card.input_name, shape, None, f"no torch ({exc})")
+    if not checkpoint.is_file():
+        return Target(
+            card.name, onnx_path, card.input_name, shape, None, f"no checkpoint {checkpoint}"
+        )
+    model, _ = load_checkpoint(str(checkpoint))
+    return Target(card.name, onnx_path, card.input_name, shape, model)
+
+
+# name -> builder; add e.g. "seg3d": _seg3d when the 3D model ships.
+TARGETS: dict[str, Callable[[argparse.Namespace], Target]] = {
+    "slice_type_2d": _slice_type_2d,
+}
+
+
+def _time(fn: Callable[[], object], runs: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def bench(target: Target, batch: int, threads: int, runs: int, warmup: int) -> dict[str, Any]:
+    x = np.random.default_rng(0).standard_normal((batch, *target.sample_shape))
+    x = x.astype(np.float32)
+    session = create_session(target.onnx_path, threads=threads, prefer_gpu=False)
+    ort_out = session.run(None, {target.input_name: x})[0]
+    ort_times = _time(lambda: session.run(None, {target.input_name: x}), runs, warmup)
+    row: dict[str, Any] = {
+        "model": target.name,
+        "batch": batch,
+        "threads": threads,
+        "runs": runs,
+        "ort_ms": 1000 * statistics.median(ort_times),
+    }
+    if target.torch_model is None:
+        row["torch_skipped"] = target.torch_missing
+        return row
+    import torch
+
+    torch.set_num_threads(threads)
+    xt = torch.from_numpy(x)
+    model = target.torch_model.eval()
+
+    def run_torch() -> object:
+        with torch.inference_mode():
+            return model(xt)
+
+    torch_out = run_torch()[0].numpy()  # type: ignore[index]
+    torch_times = _time(run_torch, runs, warmup)
+    row["torch_ms"] = 1000 * statistics.median(torch_times)
+    row["speedup_ort_vs_torch"] = row["torch_ms"] / row["ort_ms"]
+    row["max_abs_diff"] = float(np.abs(ort_out - torch_out).max())
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(TARGETS), help="comma-separated names")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--slice-checkpoint",
+        type=Path,
+        default=REPO / "out/train/slices/best.pt",
+        help="torch checkpoint of slice_type_2d (written by tumorlens-train slices)",
+    )
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON")
+    args = parser.parse_args(argv)
+
+    rows = []
+    for name in args.models.split(","):
+        if name not in TARGETS:
+            print(f"{name}: unknown model (known: {', '.join(TARGETS)})", file=sys.stderr)
+            return 2
+        try:
+            target = TARGETS[name](args)
+        except Exception as exc:  # a model not shipped yet is skipped, not fatal
+            print(f"{name}: skipped ({exc})")
+            continue
+        rows.append(bench(target, args.batch, args.threads, args.runs, args.warmup))
+
+    print(
+        f"{'model':<16} {'batch':>5} {'thr':>3} {'torch ms':>9} {'ORT ms':>8} "
+        f"{'ORT ms/img':>10} {'speedup':>8}"
+    )
+    for r in rows:
+        torch_ms = f"{r['torch_ms']:9.1f}" if "torch_ms" in r else f"{'-':>9}"
+        speedup = f"{r['speedup_ort_vs_torch']:7.2f}x" if "torch_ms" in r else f"{'-':>8}"
+        print(
+            f"{r['model']:<16} {r['batch']:5d} {r['threads']:3d} {torch_ms} "
+            f"{r['ort_ms']:8.1f} {r['ort_ms'] / r['batch']:10.2f} {speedup}"
+        )
+        if "torch_skipped" in r:
+            print(f"  torch skipped: {r['torch_skipped']}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

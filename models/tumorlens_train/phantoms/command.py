@@ -1,0 +1,163 @@
+"""``tumorlens-train phantoms``: generate a synthetic dataset in BraTS layout.
+
+Hook into the ``tumorlens-train`` dispatcher with ``register(subparsers)``; for a standalone
+run use ``python -m tumorlens_train.phantoms`` (same options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from .generate import PhantomConfig, case_seed, case_type, generate_case
+from .labels import TumourType, parse_types
+from .template import DEFAULT_SPACING_MM, load_template
+from .writer import write_case, write_index
+
+log = logging.getLogger(__name__)
+
+
+def _types_arg(text: str) -> tuple[TumourType, ...]:
+    try:
+        types = parse_types(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    if not types:
+        raise argparse.ArgumentTypeError("no tumour type given")
+    return types
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by the subcommand and ``python -m tumorlens_train.phantoms``."""
+    parser.add_argument("--n", type=_positive_int, required=True, help="number of cases")
+    parser.add_argument("--out", type=Path, required=True, help="output dataset folder")
+    parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
+    parser.add_argument(
+        "--types",
+        type=_types_arg,
+        default=tuple(TumourType),
+        help="comma-separated tumour types, assigned round-robin (default all: "
+        + ",".join(t.value for t in TumourType)
+        + ")",
+    )
+    parser.add_argument(
+        "--spacing",
+        type=float,
+        default=DEFAULT_SPACING_MM,
+        help=f"isotropic working grid spacing in mm (default {DEFAULT_SPACING_MM})",
+    )
+    head = parser.add_mutually_exclusive_group()
+    head.add_argument(
+        "--full-head",
+        dest="full_head",
+        action="store_true",
+        default=True,
+        help="skull, scalp and background around the brain, like clinical studies (default)",
+    )
+    head.add_argument(
+        "--brain-only",
+        dest="full_head",
+        action="store_false",
+        help="skull-stripped like BraTS: zero outside brain and tumour",
+    )
+    parser.add_argument(
+        "--thick-slice-prob",
+        type=float,
+        default=PhantomConfig.thick_slice_prob,
+        help="chance per sequence of a simulated 2D thick-slice acquisition (default %(default)s)",
+    )
+    parser.add_argument(
+        "--start", type=int, default=0, help="index of the first case, to extend a dataset"
+    )
+    parser.add_argument("--workers", type=_positive_int, default=1, help="worker processes")
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``phantoms`` subcommand to a ``tumorlens-train`` subparsers object."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "phantoms",
+        help="generate synthetic brain-tumour MRI phantoms (BraTS layout)",
+        description=__doc__,
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+@dataclass(frozen=True)
+class _Job:
+    index: int
+    seed: int
+    tumour_type: TumourType
+    out: Path
+    config: PhantomConfig
+
+    @property
+    def case_id(self) -> str:
+        return f"phantom_{self.index:05d}"
+
+
+def _make_case(job: _Job) -> dict[str, Any]:
+    phantom = generate_case(job.seed, job.tumour_type, job.config)
+    return write_case(phantom, job.out, job.case_id)
+
+
+def _warm(spacing: float) -> None:
+    load_template(spacing)  # once per worker, before its first case
+
+
+def run(args: argparse.Namespace) -> int:
+    """Generate ``args.n`` cases; returns a process exit status."""
+    if not 0.0 <= args.thick_slice_prob <= 1.0:
+        raise SystemExit("phantoms: --thick-slice-prob must be within [0, 1]")
+    config = PhantomConfig(
+        spacing=args.spacing, full_head=args.full_head, thick_slice_prob=args.thick_slice_prob
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    jobs = [
+        _Job(i, case_seed(args.seed, i), case_type(args.types, i), args.out, config)
+        for i in range(args.start, args.start + args.n)
+    ]
+    started = time.perf_counter()
+    metas: list[dict[str, Any]] = []
+    with tqdm(total=len(jobs), desc="phantoms", unit="case") as bar:
+        if args.workers == 1:
+            _warm(config.spacing)
+            for job in jobs:
+                metas.append(_make_case(job))
+                bar.update()
+        else:
+            # spawn, not fork: the caller may have imported torch, whose threads do not fork well.
+            with ProcessPoolExecutor(
+                args.workers,
+                mp_context=get_context("spawn"),
+                initializer=_warm,
+                initargs=(config.spacing,),
+            ) as pool:
+                for future in as_completed([pool.submit(_make_case, job) for job in jobs]):
+                    metas.append(future.result())
+                    bar.update()
+    index = write_index(args.out, metas)
+    log.info(
+        "wrote %d cases to %s in %.1f s (index %s)",
+        len(metas),
+        args.out,
+        time.perf_counter() - started,
+        index,
+    )
+    return 0

@@ -1,0 +1,196 @@
+"""Export path of the 2D classifier and the ONNX Runtime session factory.
+
+The export tests train a tiny net for a few steps on a few real slices, export it and check
+ONNX Runtime against PyTorch; they skip when torch (training extra) or the data set is absent.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from tumorlens.inference import session as session_mod
+from tumorlens.inference.card import load_card, resolve_model, sha256_file
+from tumorlens.inference.preprocess import preprocess_file
+
+REPO = Path(__file__).resolve().parents[2]
+DATASET = "brain-mri-4class/Training"
+SHIPPED = REPO / "models/tumorlens_zoo/slice_type_2d.onnx"
+SIZE = 64
+PER_CLASS = 3
+
+
+def _torch() -> Any:
+    return pytest.importorskip("torch", reason="torch (training extra) not installed")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> dict[str, Any]:
+    """A tiny SliceNet trained 4 steps on 3 real slices per class, exported to ONNX."""
+    torch = _torch()
+    data = shared_data / DATASET
+    if not data.is_dir():
+        pytest.skip(f"data set not found at {data}")
+    from tumorlens_train import export, slices
+    from tumorlens_train.nets2d import NetConfig, SliceNet
+
+    torch.manual_seed(0)
+    samples = [
+        s
+        for label in range(4)
+        for s in [x for x in slices.discover(data) if x.label == label][:PER_CLASS]
+    ]
+    grids = slices.load_grids(samples, SIZE)
+    dataset = slices.SliceDataset(grids, [s.label for s in samples], slices.AugmentConfig())
+    model = SliceNet(
+        NetConfig(stem_width=8, widths=(8, 16), blocks=(1, 1), strides=(2, 1), dropout=0.0)
+    )
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=6, shuffle=True)
+    model.train()
+    for _, (x, y) in zip(range(4), loader, strict=False):
+        loss = torch.nn.functional.cross_entropy(model(x)[0], y)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
+    out = tmp_path_factory.mktemp("export")
+    path = out / "tiny.onnx"
+    export.export_onnx(model, path, SIZE)
+    real = np.stack([preprocess_file(s.path, SIZE) for s in samples])
+    return {"model": model, "path": path, "real": real, "samples": samples, "data": data}
+
+
+def test_ort_matches_torch_on_random_and_real_slices(tiny: dict[str, Any]) -> None:
+    from tumorlens_train import export
+
+    random = np.random.default_rng(0).standard_normal((3, 1, SIZE, SIZE)).astype(np.float32)
+    for inputs in (random, tiny["real"]):
+        diffs = export.verify_onnx(tiny["model"], tiny["path"], inputs)
+        assert max(diffs.values()) <= 1e-4, diffs
+
+
+def test_onnx_has_dynamic_batch_and_both_outputs(tiny: dict[str, Any]) -> None:
+    session = session_mod.create_session(tiny["path"], threads=1, prefer_gpu=False)
+    assert [o.name for o in session.get_outputs()] == ["logits", "features"]
+    for n in (1, 5):
+        logits, features = session.run(None, {"image": tiny["real"][:n]})
+        assert logits.shape == (n, 4)
+        assert features.shape == (n, 16, SIZE // 4, SIZE // 4)
+
+
+def test_cam_from_head_weights_reproduces_logits(tiny: dict[str, Any]) -> None:
+    from tumorlens_train import export
+
+    assert export.verify_cam(tiny["model"], tiny["path"], tiny["real"]) <= 1e-4
+
+
+def test_training_tensors_equal_runtime_preprocessing(tiny: dict[str, Any]) -> None:
+    from tumorlens_train import slices
+
+    samples = tiny["samples"][:4]
+    dataset = slices.SliceDataset(slices.load_grids(samples, SIZE), [s.label for s in samples])
+    for i, sample in enumerate(samples):
+        np.testing.assert_array_equal(dataset[i][0].numpy(), preprocess_file(sample.path, SIZE))
+
+
+def test_export_checkpoint_writes_card_with_matching_sha(
+    tiny: dict[str, Any], tmp_path: Path
+) -> None:
+    torch = _torch()
+    from tumorlens_train import export, slices
+
+    model = tiny["model"]
+    torch.save(
+        {
+            "config": model.config.to_dict(),
+            "state_dict": model.state_dict(),
+            "epoch": 1,
+            "size": SIZE,
+            "train_config": {"epochs": 1},
+        },
+        tmp_path / "best.pt",
+    )
+    val = tiny["samples"][::PER_CLASS]  # one per class
+    split = tmp_path / "zoo" / "tiny.split.json"
+    slices.write_split(split, val, n_train=8, seed=1, fraction=0.25)
+    card_path = export.export_checkpoint(
+        checkpoint=tmp_path / "best.pt",
+        out_dir=tmp_path / "zoo",
+        name="tiny",
+        version="0.0.0",
+        data_dir=tiny["data"],
+        split_file=split,
+        threads=1,
+    )
+    card = load_card(card_path)
+    assert card.sha256 == sha256_file(tmp_path / "zoo" / "tiny.onnx")
+    assert [lb.snomed_code for lb in card.labels] == [
+        "393563007",
+        "302820008",
+        "260413007",
+        "254956000",
+    ]
+    weights, bias = card.cam_weights()
+    assert weights.shape == (4, 16)
+    assert bias.shape == (4,)
+    raw = json.loads(card_path.read_text())
+    assert raw["metrics"]["n_images"] == 4
+    assert "research use only" in raw["intended_use"].lower()
+    resolve_model("tiny", tmp_path / "zoo")  # sha256 verified
+
+
+# --- session factory (runtime only, no torch) -----------------------------------------------
+
+
+def _shipped_model() -> Path:
+    if SHIPPED.is_file():
+        return SHIPPED
+    pytest.skip("no shipped model to load")
+
+
+def test_choose_providers_prefers_cuda_only_when_installed() -> None:
+    cpu_only = session_mod.choose_providers(["CPUExecutionProvider"])
+    assert cpu_only == ["CPUExecutionProvider"]
+    both = session_mod.choose_providers(["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert both[0] == ("CUDAExecutionProvider", {"device_id": 0})
+    assert both[-1] == "CPUExecutionProvider"
+    assert session_mod.choose_providers(
+        ["CUDAExecutionProvider", "CPUExecutionProvider"], prefer_gpu=False
+    ) == ["CPUExecutionProvider"]
+
+
+def test_session_uses_cpu_when_cuda_provider_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _shipped_model()
+    monkeypatch.setattr(
+        session_mod.ort, "get_available_providers", lambda: ["CPUExecutionProvider"]
+    )
+    session = session_mod.create_session(model, threads=1)
+    assert session.get_providers() == ["CPUExecutionProvider"]
+
+
+def test_session_falls_back_to_cpu_when_cuda_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _shipped_model()
+    real_session = session_mod.ort.InferenceSession
+    attempts: list[list[Any]] = []
+
+    def fake_session(path: str, sess_options: Any, providers: list[Any]) -> Any:
+        attempts.append(providers)
+        if any("CUDA" in str(p) for p in providers):
+            raise RuntimeError("CUDA driver not found")
+        return real_session(path, sess_options=sess_options, providers=providers)
+
+    # Pretend the CUDA provider is installed but cannot start on this machine.
+    monkeypatch.setattr(
+        session_mod.ort,
+        "get_available_providers",
+        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    )
+    monkeypatch.setattr(session_mod.ort, "InferenceSession", fake_session)
+    session = session_mod.create_session(model, threads=1)
+    assert session.get_providers() == ["CPUExecutionProvider"]
+    assert len(attempts) == 2
+    assert attempts[1] == ["CPUExecutionProvider"]
