@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from tumorlens.inference.card import resolve_model
 from tumorlens.inference.session import create_session
 

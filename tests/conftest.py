@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tumorlens.store.embedded_redis import EmbeddedRedis
-from tumorlens.store.jobs import JobStore
 
 from tests.helpers.service import ServeProcess
+from tumorlens.store.embedded_redis import EmbeddedRedis
+from tumorlens.store.jobs import JobStore
 
 REPO = Path(__file__).resolve().parent.parent
 

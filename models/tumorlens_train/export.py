@@ -15,12 +15,12 @@ import onnx
 import onnxruntime as ort
 import torch
 from numpy.typing import NDArray
+
 from tumorlens.evaluation.slices import evaluate_slices
 from tumorlens.inference.cam import class_activation_maps
 from tumorlens.inference.card import sha256_file
 from tumorlens.inference.preprocess import preprocess_file
 from tumorlens.inference.session import create_session
-
 from tumorlens_train import slices
 from tumorlens_train.nets2d import SliceNet, count_parameters, load_checkpoint
 

@@ -25,6 +25,7 @@ from PIL import Image
 from scipy import ndimage
 from torch.utils.data import Dataset
 from tqdm import tqdm
+
 from tumorlens.inference.preprocess import normalise, open_slice, to_grid
 
 CLASSES: tuple[str, ...] = ("glioma", "meningioma", "notumor", "pituitary")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+
 from tumorlens.cli import main
 
 REPO = Path(__file__).resolve().parents[2]

@@ -20,6 +20,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[attr-defined]
+
+from tests.helpers.synthetic import mr_instance
 from tumorlens import errors
 from tumorlens.assembler.assembler import Assembler
 from tumorlens.config import Settings, load_settings
@@ -28,8 +30,6 @@ from tumorlens.listener.scp import Listener
 from tumorlens.listener.spool import Spool
 from tumorlens.store.jobs import JobRef, JobStore
 from tumorlens.store.states import JobState
-
-from tests.helpers.synthetic import mr_instance
 
 STUDY = "1.2.826.0.1.3680043.10.1.1"
 SERIES = "1.2.826.0.1.3680043.10.1.1.1"

@@ -14,10 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from tumorlens.store.states import JobState
 
 from tests.helpers.service import AE_TITLE, ServeProcess, dedup, states
 from tests.helpers.synthetic import SyntheticStudy, write_study
+from tumorlens.store.states import JobState
 
 pytestmark = pytest.mark.integration
 
@@ -31,6 +31,7 @@ def storescu(
         ["storescu", "-aet", calling, "-aec", AE_TITLE, "+sd", "+r", "127.0.0.1", str(port),
          str(folder)],
         env=STORESCU_ENV,
+        check=False,
         capture_output=True,
         text=True,
         timeout=300,

@@ -14,6 +14,8 @@ import pytest
 from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage, RLELossless
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from tests.helpers.dicom_peers import STORESCP, StoreSCP, free_port, run_storescp
 from tumorlens.cli import main
 from tumorlens.dicomio.make_study import WrittenStudy, make_study
 from tumorlens.errors import REFUSED_OUT_OF_RESOURCES, SUCCESS, DeliveryError
@@ -25,8 +27,6 @@ from tumorlens.sender.scu import (
     presentation_contexts,
     push,
 )
-
-from tests.helpers.dicom_peers import STORESCP, StoreSCP, free_port, run_storescp
 
 pytestmark = pytest.mark.integration
 needs_storescp = pytest.mark.skipif(STORESCP is None, reason="storescp (dcmtk) is not installed")

@@ -14,6 +14,7 @@ import grpc
 import pytest
 import redis
 from google.protobuf.timestamp_pb2 import Timestamp
+
 from tumorlens import cli
 from tumorlens.config import Settings
 from tumorlens.errors import ConfigurationError

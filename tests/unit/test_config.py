@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+
 from tumorlens.config import Destination, load_settings, settings_environ
 from tumorlens.errors import ConfigurationError
 

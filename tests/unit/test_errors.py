@@ -1,5 +1,6 @@
 import grpc
 import pytest
+
 from tumorlens import errors as e
 
 

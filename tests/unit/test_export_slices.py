@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from tumorlens.inference import session as session_mod
 from tumorlens.inference.card import load_card, resolve_model, sha256_file
 from tumorlens.inference.preprocess import preprocess_file

@@ -5,6 +5,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
 from pynetdicom.dsutils import decode, encode
+
 from tumorlens.errors import MissingAttributeError, UndecodableDatasetError
 from tumorlens.listener.integrity import check_complete
 

@@ -3,6 +3,7 @@
 import threading
 
 import pytest
+
 from tumorlens.errors import InvalidTransitionError, StudyNotFoundError
 from tumorlens.identifiers import InstanceKey
 from tumorlens.store.jobs import AttemptDecision, JobRef, JobStore

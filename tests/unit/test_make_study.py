@@ -16,6 +16,7 @@ import pytest
 from dicom2nifti import convert_dicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
+
 from tumorlens.cli import main
 from tumorlens.dicomio.make_study import WrittenSeries, WrittenStudy, make_study
 from tumorlens.errors import ConfigurationError

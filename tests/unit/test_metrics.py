@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+
 from tumorlens.evaluation import metrics
 
 # y_true / y_pred for 3 classes; confusion matrix worked out by hand:

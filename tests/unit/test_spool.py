@@ -2,6 +2,7 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from tumorlens.errors import InsufficientStorageError, InvalidUIDError
 from tumorlens.identifiers import InstanceKey, validate_uid
 from tumorlens.listener.spool import Spool

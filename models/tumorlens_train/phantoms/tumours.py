@@ -216,6 +216,26 @@ def _radius_field(
     return np.asarray(radius * ellipse * np.clip(lobes, 0.5, 1.6), dtype=np.float32)
 
 
+def _main_part(mask: BoolArray) -> BoolArray:
+    """The largest face-connected component: clipping can leave specks that look like lesions."""
+    parts, count = ndi.label(mask)
+    if count <= 1:
+        return mask
+    sizes = np.bincount(parts.ravel())
+    sizes[0] = 0
+    return np.asarray(parts == int(np.argmax(sizes)), dtype=bool)
+
+
+def _enclosed(tumour: BoolArray, core: BoolArray) -> BoolArray:
+    """Core voxels whose six face neighbours are all tumour.
+
+    Where clipping at the brain surface cut the rim away, this keeps necrosis from touching
+    non-tumour tissue, so the enhancing rim always encloses it.
+    """
+    interior = ndi.binary_erosion(tumour, ndi.generate_binary_structure(3, 1), border_value=0)
+    return np.asarray(core & interior, dtype=bool)
+
+
 def _oedema(
     tumour: BoolArray,
     tissue: dict[str, FloatArray],
@@ -350,10 +370,10 @@ class _HighGradeGlioma(_Renderer):
         t_min = 1.6 * spacing
         rim = rng.uniform(2.5, 6.5) * (1.0 + 0.5 * _direction_noise(rng, local.unit, 5))
         rim = np.clip(rim, t_min, np.maximum(0.55 * outer, t_min))
-        inside = (local.r < outer) & (local.tissue["brain"] > 0.3) & local.intracranial
+        inside = _main_part((local.r < outer) & (local.tissue["brain"] > 0.3) & local.intracranial)
         comp = np.zeros(local.r.shape, dtype=np.uint8)
         comp[inside] = Compartment.ENHANCING
-        comp[inside & (local.r < outer - rim)] = Compartment.NECROSIS
+        comp[_enclosed(inside, local.r < outer - rim)] = Compartment.NECROSIS
         oedema = _oedema(
             inside, local.tissue, rng.uniform(8.0, 26.0), spacing, rng, halo_mm=spacing
         )
@@ -367,7 +387,7 @@ class _LowGradeGlioma(_Renderer):
         self, local: _Local, lesion: Lesion, spacing: float, rng: np.random.Generator
     ) -> tuple[npt.NDArray[np.uint8], BoolArray]:
         outer = _radius_field(rng, local.unit, lesion.radius_mm, roughness=0.15, elongation=0.25)
-        inside = (local.r < outer) & (local.tissue["brain"] > 0.3) & local.intracranial
+        inside = _main_part((local.r < outer) & (local.tissue["brain"] > 0.3) & local.intracranial)
         comp = np.zeros(local.r.shape, dtype=np.uint8)
         comp[inside] = Compartment.NON_ENHANCING
         if rng.random() < 0.25:
@@ -392,12 +412,12 @@ class _Metastasis(_Renderer):
         self, local: _Local, lesion: Lesion, spacing: float, rng: np.random.Generator
     ) -> tuple[npt.NDArray[np.uint8], BoolArray]:
         outer = _radius_field(rng, local.unit, lesion.radius_mm, roughness=0.06, elongation=0.08)
-        inside = (local.r < outer) & (local.tissue["brain"] > 0.2) & local.intracranial
+        inside = _main_part((local.r < outer) & (local.tissue["brain"] > 0.2) & local.intracranial)
         comp = np.zeros(local.r.shape, dtype=np.uint8)
         comp[inside] = Compartment.ENHANCING
         rim = max(rng.uniform(1.5, 3.5), 1.6 * spacing)
         if lesion.radius_mm - rim > 0.8 * spacing and rng.random() < 0.6:
-            comp[inside & (local.r < outer - rim)] = Compartment.NECROSIS
+            comp[_enclosed(inside, local.r < outer - rim)] = Compartment.NECROSIS
         reach = lesion.radius_mm * rng.uniform(1.3, 2.6) + 4.0
         return comp, _oedema(inside, local.tissue, reach, spacing, rng, halo_mm=spacing)
 
@@ -412,7 +432,7 @@ class _Meningioma(_Renderer):
         self, local: _Local, lesion: Lesion, spacing: float, rng: np.random.Generator
     ) -> tuple[npt.NDArray[np.uint8], BoolArray]:
         outer = _radius_field(rng, local.unit, lesion.radius_mm, roughness=0.07, elongation=0.12)
-        inside = (local.r < outer) & local.intracranial
+        inside = _main_part((local.r < outer) & local.intracranial)
         comp = np.zeros(local.r.shape, dtype=np.uint8)
         comp[inside] = Compartment.EXTRA_AXIAL
         if rng.random() < 0.5:
@@ -420,11 +440,12 @@ class _Meningioma(_Renderer):
             dura = local.intracranial & ~ndi.binary_erosion(local.intracranial, iterations=1)
             reach = lesion.radius_mm * rng.uniform(1.2, 1.6)
             tail = dura & (local.r < reach) & (local.tissue["brain"] < 0.5) & ~inside
-            # Only dura continuous with the tumour: isolated specks would read as extra lesions.
-            parts, _ = ndi.label(tail | inside, ndi.generate_binary_structure(3, 3))
+            # Only dura face-connected to the tumour: specks, even touching at a corner, would
+            # read as extra lesions.
+            parts, _ = ndi.label(tail | inside)
             attached = np.unique(parts[inside])
             comp[tail & np.isin(parts, attached[attached > 0])] = Compartment.EXTRA_AXIAL
-        reach = rng.uniform(2.0, 7.0) if rng.random() < 0.35 else 0.0
+        reach = rng.uniform(1.5, 5.0) if rng.random() < 0.35 else 0.0
         solid = comp != Compartment.NONE
         oedema = _oedema(solid, local.tissue, reach, spacing, rng, follow_wm=False)
         return comp, oedema
@@ -442,7 +463,7 @@ class _PituitaryAdenoma(_Renderer):
         outer = _radius_field(
             rng, local.unit, lesion.radius_mm, roughness=0.05, elongation=0.0, axes=axes
         )
-        inside = local.r < outer
+        inside = _main_part(local.r < outer)
         comp = np.zeros(local.r.shape, dtype=np.uint8)
         comp[inside] = Compartment.ADENOMA
         if lesion.push_mm > 0 and rng.random() < 0.3:

@@ -141,7 +141,8 @@ class StoredPixels:
 
 
 def stored_pixels(data: npt.NDArray[np.generic]) -> StoredPixels:
-    """Integer volumes are stored as they are; float ones are mapped linearly onto 0..4095.
+    """Integer volumes that fit 16 bits are stored as they are; others (float, or wider
+    integers) are mapped linearly onto 0..4095, non-finite voxels to 0.
 
     MR intensities are in arbitrary units, and the MR Image Module has no Modality LUT
     (PS3.3 C.8.3.1; Rescale Slope/Intercept belong to CT and enhanced MR), so no rescale is
@@ -168,7 +169,6 @@ def stored_pixels(data: npt.NDArray[np.generic]) -> StoredPixels:
             raise ConfigurationError("the volume holds no finite value")
         lo, hi = float(values[ok].min()), float(values[ok].max())
         scale = (2**FLOAT_BITS_STORED - 1) / (hi - lo) if hi > lo else 0.0
-        # Non-finite voxels become the background (0).
         scaled = np.where(ok, (values - lo) * scale, 0.0)
         volume = np.rint(scaled).astype(np.uint16)
         bits_stored = FLOAT_BITS_STORED
@@ -200,8 +200,8 @@ def load_volume(path: Path) -> tuple[npt.NDArray[np.generic], Float64Array]:
         raise ConfigurationError(f"cannot read NIfTI volume {path}: {exc}") from exc
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
-    if data.ndim != 3:
-        raise ConfigurationError(f"{path}: expected a 3D volume, got shape {data.shape}")
+    if data.ndim != 3 or 0 in data.shape:
+        raise ConfigurationError(f"{path}: expected a non-empty 3D volume, got shape {data.shape}")
     header = image.header
     if int(header["sform_code"]) == 0 and int(header["qform_code"]) == 0:
         LOG.warning("%s has neither sform nor qform; its geometry is only voxel sizes", path)

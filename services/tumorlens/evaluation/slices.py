@@ -112,7 +112,8 @@ def predict(
     session = create_session(model_path, threads=threads)
     size = card.input_size
     # One untimed call so session warm-up (allocations, kernel choice) is not in ms/image.
-    session.run(["logits"], {card.input_name: np.zeros((1, 1, size, size), np.float32)})
+    warm = np.zeros((1, card.input_channels, size, size), np.float32)
+    session.run(["logits"], {card.input_name: warm})
     labels: list[int] = []
     logits: list[NDArray[np.float32]] = []
     skipped: list[Skipped] = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import ssl
 import time
 from collections.abc import Iterator, Sequence
@@ -45,7 +46,7 @@ DEFAULT_CALLED_AET: Final = "TUMORLENS"
 DEFAULT_CALLING_AET: Final = "TUMORLENS"
 # Same default as Settings.max_pdu_size: large PDUs cut per-PDU overhead on a LAN.
 DEFAULT_MAX_PDU: Final = 262144
-# A-ASSOCIATE-AC result (PS3.8 9.3.4); the other results are rejections.
+# Result of the A-ASSOCIATE response (PS3.8 7.1.1.7); 1 and 2 are rejections.
 RESULT_ACCEPTED: Final = 0x00
 # Presentation Context IDs are the odd numbers 1..255 (PS3.8 9.3.2.2).
 MAX_PRESENTATION_CONTEXTS: Final = 128
@@ -162,6 +163,19 @@ def _describe_rejection(primitive: A_ASSOCIATE) -> str:
     )
 
 
+def _disable_nagle(assoc: Association) -> None:
+    """Send each PDU at once: a small command PDU held back by Nagle's algorithm waits for
+    the peer's delayed ACK (tens of ms per C-STORE); pynetdicom leaves TCP_NODELAY off."""
+    transport = assoc.dul.socket
+    raw = transport.socket if transport is not None else None
+    if raw is None:
+        return
+    try:
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError as exc:  # not TCP (a test double) or already closed: only slower
+        LOG.debug("cannot set TCP_NODELAY: %s", exc)
+
+
 @contextmanager
 def _association(
     ae: AE,
@@ -183,6 +197,7 @@ def _association(
 
     def on_conn_open(event: evt.Event) -> None:
         connected.append(True)
+        _disable_nagle(event.assoc)
 
     peer = f"{called_aet}@{host}:{port}"
     assoc = ae.associate(

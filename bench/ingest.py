@@ -1,0 +1,121 @@
+"""Ingest benchmark: dcmtk ``storescu`` pushes one 620-instance MR study (4 series x 155
+slices, 240 x 240, 16 bit) to dcmtk ``storescp`` and to tumorlens, alternately, several runs.
+
+Prints instances/s for both, the medians and the ratio tumorlens/storescp. Both receivers
+get a fresh output directory per run; tumorlens fsyncs every instance before answering
+Success (storescp does not), which this figure includes on purpose.
+
+    python bench/ingest.py [--runs 5] [--study DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.helpers.service import ServeProcess, free_port  # noqa: E402
+from tests.helpers.volumes import synthetic_head  # noqa: E402
+from tumorlens.dicomio.make_study import make_study  # noqa: E402
+
+ENV = {**os.environ, "TCP_NODELAY": "1"}  # Debian's dcmtk leaves Nagle on otherwise
+
+
+def build_study(work: Path) -> Path:
+    volumes = synthetic_head(work / "nifti")
+    study = make_study(volumes, work / "dicom", patient_id="BENCH620", seed=620)
+    count = sum(len(s.paths) for s in study.series)
+    print(f"study: {count} instances in {len(study.series)} series at {study.out_dir}")
+    return study.out_dir
+
+
+def push(port: int, called: str, folder: Path) -> float:
+    started = time.perf_counter()
+    result = subprocess.run(
+        ["storescu", "-aet", "BENCH", "-aec", called, "+sd", "+r", "127.0.0.1", str(port),
+         str(folder)],
+        env=ENV, check=False, capture_output=True, text=True,
+    )  # fmt: skip
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"storescu to {called} failed: {result.stderr[-2000:]}")
+    return elapsed
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on port {port}")
+
+
+def run_storescp(folder: Path, work: Path) -> float:
+    port = free_port()
+    out = Path(tempfile.mkdtemp(dir=work))
+    scp = subprocess.Popen(
+        ["storescp", "-aet", "STORESCP", "-od", str(out), str(port)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        return push(port, "STORESCP", folder)
+    finally:
+        scp.send_signal(signal.SIGTERM)
+        scp.wait()
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def run_tumorlens(folder: Path, work: Path) -> float:
+    data = Path(tempfile.mkdtemp(dir=work)) / "data"
+    # A long stable age keeps the worker out of the measurement: this is ingest only.
+    serve = ServeProcess(data, stable_age=3600, disk_reserve_mb=64).start()
+    try:
+        return push(serve.port, "TUMORLENS", folder)
+    finally:
+        serve.stop()
+        shutil.rmtree(data.parent, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--study", type=Path, help="a folder of DICOM files to push instead")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="tumorlens-bench-"))
+    try:
+        folder = args.study or build_study(work)
+        count = sum(1 for p in folder.rglob("*") if p.is_file())
+        dcmtk: list[float] = []
+        ours: list[float] = []
+        for run in range(1, args.runs + 1):
+            dcmtk.append(count / run_storescp(folder, work))
+            ours.append(count / run_tumorlens(folder, work))
+            print(f"run {run}: storescp {dcmtk[-1]:7.1f} inst/s   tumorlens {ours[-1]:7.1f} inst/s")
+        ref, mine = statistics.median(dcmtk), statistics.median(ours)
+        print(f"median over {args.runs} runs ({count} instances each):")
+        print(f"  dcmtk storescp : {ref:7.1f} instances/s  ({count / ref:.2f} s per study)")
+        print(f"  tumorlens      : {mine:7.1f} instances/s  ({count / mine:.2f} s per study)")
+        print(f"  ratio tumorlens/storescp = {mine / ref:.2f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
