@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass
+from typing import Final
 
 from tumorlens.errors import InvalidUIDError
 
@@ -12,6 +14,13 @@ from tumorlens.errors import InvalidUIDError
 # are accepted.
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 UID_MAX_LENGTH = 64
+
+# PS3.5 B.2: a UID derived from a UUID needs no registered root. Fixed for tumorlens so that
+# every file and association it writes names the same implementation (PS3.7 D.3.3.2).
+IMPLEMENTATION_CLASS_UID: Final = "2.25." + str(
+    uuid.uuid5(uuid.NAMESPACE_URL, "urn:tumorlens:implementation").int
+)
+IMPLEMENTATION_VERSION_NAME: Final = "TUMORLENS_0_1"
 
 
 def validate_uid(uid: object, attribute: str) -> str:

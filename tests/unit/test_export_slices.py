@@ -1,4 +1,4 @@
-"""Export path of the 2D classifier and the ONNX Runtime session factory.
+"""Export path of the 2D classifier.
 
 The export tests train a tiny net for a few steps on a few real slices, export it and check
 ONNX Runtime against PyTorch; they skip when torch (training extra) or the data set is absent.
@@ -17,9 +17,7 @@ from tumorlens.inference import session as session_mod
 from tumorlens.inference.card import load_card, resolve_model, sha256_file
 from tumorlens.inference.preprocess import preprocess_file
 
-REPO = Path(__file__).resolve().parents[2]
 DATASET = "brain-mri-4class/Training"
-SHIPPED = REPO / "models/tumorlens_zoo/slice_type_2d.onnx"
 SIZE = 64
 PER_CLASS = 3
 
@@ -142,56 +140,3 @@ def test_export_checkpoint_writes_card_with_matching_sha(
     assert raw["metrics"]["n_images"] == 4
     assert "research use only" in raw["intended_use"].lower()
     resolve_model("tiny", tmp_path / "zoo")  # sha256 verified
-
-
-# --- session factory (runtime only, no torch) -----------------------------------------------
-
-
-def _shipped_model() -> Path:
-    if SHIPPED.is_file():
-        return SHIPPED
-    pytest.skip("no shipped model to load")
-
-
-def test_choose_providers_prefers_cuda_only_when_installed() -> None:
-    cpu_only = session_mod.choose_providers(["CPUExecutionProvider"])
-    assert cpu_only == ["CPUExecutionProvider"]
-    both = session_mod.choose_providers(["CUDAExecutionProvider", "CPUExecutionProvider"])
-    assert both[0] == ("CUDAExecutionProvider", {"device_id": 0})
-    assert both[-1] == "CPUExecutionProvider"
-    assert session_mod.choose_providers(
-        ["CUDAExecutionProvider", "CPUExecutionProvider"], prefer_gpu=False
-    ) == ["CPUExecutionProvider"]
-
-
-def test_session_uses_cpu_when_cuda_provider_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = _shipped_model()
-    monkeypatch.setattr(
-        session_mod.ort, "get_available_providers", lambda: ["CPUExecutionProvider"]
-    )
-    session = session_mod.create_session(model, threads=1)
-    assert session.get_providers() == ["CPUExecutionProvider"]
-
-
-def test_session_falls_back_to_cpu_when_cuda_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = _shipped_model()
-    real_session = session_mod.ort.InferenceSession
-    attempts: list[list[Any]] = []
-
-    def fake_session(path: str, sess_options: Any, providers: list[Any]) -> Any:
-        attempts.append(providers)
-        if any("CUDA" in str(p) for p in providers):
-            raise RuntimeError("CUDA driver not found")
-        return real_session(path, sess_options=sess_options, providers=providers)
-
-    # Pretend the CUDA provider is installed but cannot start on this machine.
-    monkeypatch.setattr(
-        session_mod.ort,
-        "get_available_providers",
-        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    )
-    monkeypatch.setattr(session_mod.ort, "InferenceSession", fake_session)
-    session = session_mod.create_session(model, threads=1)
-    assert session.get_providers() == ["CPUExecutionProvider"]
-    assert len(attempts) == 2
-    assert attempts[1] == ["CPUExecutionProvider"]

@@ -65,7 +65,7 @@ def _rician(image: FloatArray, sigma: float, rng: np.random.Generator) -> FloatA
     s = np.float32(sigma)
     real = image + s * rng.standard_normal(image.shape, dtype=np.float32)
     imag = s * rng.standard_normal(image.shape, dtype=np.float32)
-    return np.sqrt(real * real + imag * imag)
+    return np.asarray(np.sqrt(real * real + imag * imag), dtype=np.float32)
 
 
 def _linear_weights(positions: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

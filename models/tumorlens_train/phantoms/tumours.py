@@ -5,7 +5,8 @@ rendering (:func:`render_tumour`) draws compartments on the output grid using ev
 coordinate before mass effect, and the pushed tissue maps for oedema, which follows white matter.
 
 Shapes are star-shaped around their centre (radius is a smooth function of direction), so an
-enhancing rim drawn as a radial shell always encloses the necrotic core inside it.
+enhancing rim drawn as a radial shell encloses the necrotic core; where clipping at the brain
+surface removes rim, the core is eroded back so necrosis never touches non-tumour voxels.
 """
 
 from __future__ import annotations
@@ -99,17 +100,19 @@ def _pick_deep(
     radius: float,
     margin: float,
 ) -> tuple[FloatArray, float]:
-    """A candidate site deep enough that a tumour of ``radius`` stays inside the brain.
+    """A candidate site deep enough that a tumour of ``radius`` stays mostly inside the brain.
 
-    Shrinks the radius when no site fits, so placement never fails.
+    Shrinks the radius every 40 misses and settles for the last site after 200, so placement
+    never fails.
     """
-    for attempt in range(200):
-        point = candidates[rng.integers(len(candidates))]
-        if _depth_at(template, point) >= margin + 0.6 * radius or attempt == 199:
-            return point, radius
-        if attempt % 40 == 39:
+    point = candidates[rng.integers(len(candidates))]
+    for attempt in range(1, 200):
+        if _depth_at(template, point) >= margin + 0.6 * radius:
+            break
+        if attempt % 40 == 0:
             radius *= 0.85
-    raise AssertionError("unreachable")
+        point = candidates[rng.integers(len(candidates))]
+    return point, radius
 
 
 def _min_radius(grid: Grid) -> float:

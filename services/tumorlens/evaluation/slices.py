@@ -127,7 +127,7 @@ def predict(
                 batch_labels.append(item.label)
             except SliceImageError as exc:
                 log.warning("skipping %s", exc)
-                skipped.append(Skipped(str(item.path), str(exc)))
+                skipped.append(Skipped(str(item.path), exc.reason))
         t_pre += time.perf_counter() - started
         if not arrays:
             continue

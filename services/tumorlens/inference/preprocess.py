@@ -30,6 +30,11 @@ FloatImage = NDArray[np.float32]
 class SliceImageError(TumorlensError):
     """An image file cannot be used as a slice (undecodable, or wrong channel count)."""
 
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
 
 def open_slice(path: Path) -> Image.Image:
     """Decode ``path`` as a single-channel float image (PIL mode ``F``).
@@ -45,7 +50,7 @@ def open_slice(path: Path) -> Image.Image:
         raise
     # PIL signals broken files with any of these, depending on the codec.
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise SliceImageError(f"{path}: cannot decode image: {exc}") from exc
+        raise SliceImageError(str(path), f"cannot decode image: {exc}") from exc
 
 
 def to_grey(image: Image.Image, name: str = "image") -> Image.Image:
@@ -55,7 +60,7 @@ def to_grey(image: Image.Image, name: str = "image") -> Image.Image:
     elif image.mode not in GREY_MODES:
         bands = len(image.getbands())
         raise SliceImageError(
-            f"{name}: {bands} channel(s) (mode {image.mode}); expected 1 (grey) or 3 (RGB)"
+            name, f"{bands} channel(s) (mode {image.mode}); expected 1 (grey) or 3 (RGB)"
         )
     return image.convert("F")
 

@@ -72,8 +72,9 @@ class InstanceReceiver:
         self.spool = spool
         self.jobs = jobs
 
-    def receive(self, dataset: Dataset, encoded: bytes, request: StoreRequest) -> int:
-        """Return the C-STORE status; Success only once the instance is on disk and counted.
+    def receive(self, dataset: Dataset, encoded: bytes, request: StoreRequest) -> tuple[int, str]:
+        """Return the C-STORE status and an error comment; Success only once the instance is
+        on disk and counted.
 
         ``dataset`` must be fully decoded already (a decode failure is the caller's to map).
         """
@@ -91,9 +92,9 @@ class InstanceReceiver:
                 exc,
                 status,
             )
-            return status
+            return status, str(exc)
         if not recorded.new:
             log.debug("duplicate instance %s kept once", key.sop_instance_uid)
         elif not stored.created:
             log.info("instance %s was on disk but not counted; counted now", key.sop_instance_uid)
-        return SUCCESS
+        return SUCCESS, ""

@@ -1,9 +1,10 @@
-"""The DICOM listener: a pynetdicom Storage SCP (PS3.4 Annex B) and Verification SCP.
+"""The DICOM listener: Storage SCP (PS3.4 Annex B) for MR and Verification SCP, over TCP or TLS.
 
-Handlers are bound with their dependencies, ``(evt.EVT_C_STORE, handler, [receiver])``, so
-nothing here is global. Which peers may associate is decided in two places: the calling AE
-title by pynetdicom's ACSE (an A-ASSOCIATE-RJ, PS3.8 7.1.1.9), the peer's address before any
-PDU is read (the connection is closed).
+Peers are filtered twice: by address before any PDU is read (the connection is closed), and by
+calling AE title in A-ASSOCIATE (A-ASSOCIATE-RJ, PS3.8 9.3.4). Each association runs in its own
+thread (:mod:`tumorlens.listener.upper_layer`); each complete C-STORE goes through
+:class:`~tumorlens.listener.receiver.InstanceReceiver`, which answers Success only once the
+instance is on disk.
 """
 
 from __future__ import annotations
@@ -16,24 +17,24 @@ import ssl
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
-from pydicom.dataset import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
-from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom import ALL_TRANSFER_SYNTAXES
+from pynetdicom.presentation import PresentationContext, build_context
 
 from tumorlens.config import Settings
-from tumorlens.errors import (
-    SUCCESS,
-    ConfigurationError,
-    TumorlensError,
-    UndecodableDatasetError,
-    dimse_status_for,
-)
-from tumorlens.listener.integrity import check_complete
+from tumorlens.errors import ConfigurationError, TumorlensError
 from tumorlens.listener.receiver import ACCEPTED_SOP_CLASSES, InstanceReceiver, StoreRequest
+from tumorlens.listener.upper_layer import (
+    VERIFICATION,
+    AcceptorPolicy,
+    Association,
+    ConnectionCounter,
+    StoreIndication,
+    decode_data_set,
+    part10_bytes,
+    status_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,92 +60,13 @@ def _host_allowed(host: str, allowed: Sequence[str]) -> bool:
     return False
 
 
-class _FilteringServer(ThreadedAssociationServer):
-    """Closes connections from hosts outside ``allowed_hosts`` before any PDU is read."""
-
-    allowed_hosts: tuple[str, ...] = ()
-    # Association threads are drained by Listener.stop with a deadline, not joined forever.
-    block_on_close = False
-    daemon_threads = True
-
-    def verify_request(self, request: Any, client_address: Any) -> bool:
-        host = client_address[0] if isinstance(client_address, tuple) else str(client_address)
-        if _host_allowed(host, self.allowed_hosts):
-            return True
-        log.warning("connection from %s refused: host not in allowed_hosts", host)
-        return False
-
-    def shutdown(self) -> None:
-        # pynetdicom's shutdown also unregisters from AE.start_server's list, which a server
-        # from make_server is not on.
-        socketserver.BaseServer.shutdown(self)
-        self.server_close()
-
-
-def _handle_echo(event: evt.Event) -> int:
-    return SUCCESS
-
-
-def _handle_store(event: evt.Event, receiver: InstanceReceiver) -> int:
-    primitive = cast(C_STORE, event.request)
-    request = StoreRequest(
-        affected_sop_class_uid=str(primitive.AffectedSOPClassUID),
-        affected_sop_instance_uid=str(primitive.AffectedSOPInstanceUID),
-        calling_aet=str(event.assoc.requestor.ae_title),
-        calling_host=str(event.assoc.requestor.address),
-    )
-    try:
-        dataset = _decode(event)
-        encoded: bytes = event.encoded_dataset()
-    except TumorlensError as exc:
-        log.warning(
-            "instance %s from %s@%s cannot be understood: %s",
-            request.affected_sop_instance_uid[:64],
-            request.calling_aet,
-            request.calling_host,
-            exc,
-        )
-        return dimse_status_for(exc)
-    return receiver.receive(dataset, encoded, request)
-
-
-def _decode(event: evt.Event) -> Dataset:
-    try:
-        dataset: Dataset = event.dataset
-        check_complete(dataset, event.context.transfer_syntax)
-    except TumorlensError:
-        raise
-    # pydicom raises a wide range of exception types for malformed input; any of them
-    # means "cannot understand", never a crash of the association.
-    except Exception as exc:
-        raise UndecodableDatasetError(f"data set cannot be decoded: {exc}") from exc
-    return dataset
-
-
-def _log_rejected(event: evt.Event) -> None:
-    requestor = event.assoc.requestor
-    log.warning(
-        "association from %s@%s rejected (calling AE title not allowed or too many associations)",
-        requestor.ae_title,
-        requestor.address,
-    )
-
-
-def build_ae(settings: Settings) -> AE:
-    """An AE configured from settings: contexts, limits and timeouts."""
-    ae = AE(ae_title=settings.ae_title)
-    ae.add_supported_context(Verification)
-    for sop_class in ACCEPTED_SOP_CLASSES:
-        ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
-    ae.maximum_pdu_size = settings.max_pdu_size
-    ae.maximum_associations = settings.max_associations
-    ae.acse_timeout = settings.acse_timeout
-    ae.dimse_timeout = settings.dimse_timeout
-    ae.network_timeout = settings.network_timeout
-    ae.require_called_aet = True
-    if settings.allowed_calling_aets:
-        ae.require_calling_aet = list(settings.allowed_calling_aets)
-    return ae
+def supported_contexts() -> tuple[PresentationContext, ...]:
+    """Verification plus every MR storage class in every transfer syntax pynetdicom knows."""
+    contexts = [build_context(VERIFICATION)]
+    contexts += [build_context(uid, ALL_TRANSFER_SYNTAXES) for uid in ACCEPTED_SOP_CLASSES]
+    for context_id, context in enumerate(contexts, start=1):
+        context.context_id = 2 * context_id - 1
+    return tuple(contexts)
 
 
 def build_ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -163,14 +85,104 @@ def build_ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+class StorageHandler:
+    """From a complete C-STORE indication to a status: decode, check, store, count."""
+
+    def __init__(self, receiver: InstanceReceiver, ae_title: str) -> None:
+        self.receiver = receiver
+        self.ae_title = ae_title
+
+    def __call__(self, indication: StoreIndication) -> tuple[int, str]:
+        request = StoreRequest(
+            affected_sop_class_uid=indication.sop_class_uid,
+            affected_sop_instance_uid=indication.sop_instance_uid,
+            calling_aet=indication.calling_aet,
+            calling_host=indication.calling_host,
+        )
+        try:
+            dataset = decode_data_set(indication)
+        except TumorlensError as exc:
+            log.warning(
+                "instance %s from %s@%s cannot be understood: %s",
+                indication.sop_instance_uid[:64],
+                indication.calling_aet,
+                indication.calling_host,
+                exc,
+            )
+            return status_of(exc)
+        return self.receiver.receive(dataset, part10_bytes(indication, self.ae_title), request)
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    # Association threads are drained by Listener.stop with a deadline, not joined forever.
+    block_on_close = False
+    allow_reuse_address = True
+    request_queue_size = 64
+
+    def __init__(self, listener: Listener, address: tuple[str, int]) -> None:
+        self.listener = listener
+        super().__init__(address, _Connection)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        host = str(client_address[0])
+        if _host_allowed(host, self.listener.settings.allowed_hosts):
+            return True
+        log.warning("connection from %s refused: host not in allowed_hosts", host)
+        return False
+
+
+class _Connection(socketserver.BaseRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        listener = self.server.listener
+        sock: socket.socket = self.request
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with listener.connections:
+            if listener.ssl_context is not None:
+                sock.settimeout(listener.settings.acse_timeout)
+                try:
+                    sock = listener.ssl_context.wrap_socket(sock, server_side=True)
+                except (OSError, ssl.SSLError) as exc:
+                    log.warning("TLS handshake with %s failed: %s", self.client_address[0], exc)
+                    return
+            association = Association(
+                sock,
+                self.client_address,
+                listener.policy,
+                listener.handler,
+                lambda: listener.connections.value,
+            )
+            listener.register(association)
+            try:
+                association.run()
+            finally:
+                listener.unregister(association)
+                if sock is not self.request:
+                    sock.close()
+
+
 class Listener:
-    """Runs the SCP in a background thread; :meth:`stop` drains open associations."""
+    """Runs the SCP in background threads; :meth:`stop` drains open associations."""
 
     def __init__(self, settings: Settings, receiver: InstanceReceiver) -> None:
         self.settings = settings
-        self.receiver = receiver
-        self.ae = build_ae(settings)
-        self._server: _FilteringServer | None = None
+        self.handler = StorageHandler(receiver, settings.ae_title)
+        self.policy = AcceptorPolicy(
+            ae_title=settings.ae_title,
+            allowed_calling_aets=settings.allowed_calling_aets,
+            max_pdu_size=settings.max_pdu_size,
+            max_associations=settings.max_associations,
+            acse_timeout=settings.acse_timeout,
+            network_timeout=settings.network_timeout,
+            supported=supported_contexts(),
+        )
+        self.ssl_context = build_ssl_context(settings)
+        self.connections = ConnectionCounter()
+        self._associations: set[Association] = set()
+        self._lock = threading.Lock()
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -179,53 +191,49 @@ class Listener:
             raise RuntimeError("listener not started")
         return int(self._server.server_address[1])
 
+    def register(self, association: Association) -> None:
+        with self._lock:
+            self._associations.add(association)
+
+    def unregister(self, association: Association) -> None:
+        with self._lock:
+            self._associations.discard(association)
+
     def start(self) -> None:
-        handlers: list[Any] = [
-            (evt.EVT_C_ECHO, _handle_echo),
-            (evt.EVT_C_STORE, _handle_store, [self.receiver]),
-            (evt.EVT_REJECTED, _log_rejected),
-        ]
-        server_cls = type(
-            "FilteringServer", (_FilteringServer,), {"allowed_hosts": self.settings.allowed_hosts}
-        )
+        address = (self.settings.dicom_host, self.settings.dicom_port)
         try:
-            server = self.ae.make_server(
-                (self.settings.dicom_host, self.settings.dicom_port),
-                ae_title=self.settings.ae_title,
-                ssl_context=build_ssl_context(self.settings),
-                evt_handlers=handlers,
-                server_class=server_cls,
-            )
+            self._server = _Server(self, address)
         except OSError as exc:
-            raise ConfigurationError(
-                f"cannot listen on {self.settings.dicom_host}:{self.settings.dicom_port}: {exc}"
-            ) from exc
-        self._server = cast(_FilteringServer, server)
+            raise ConfigurationError(f"cannot listen on {address[0]}:{address[1]}: {exc}") from exc
         self._thread = threading.Thread(
-            target=server.serve_forever, name="dicom-listener", daemon=True
+            target=self._server.serve_forever, name="dicom-listener", daemon=True
         )
         self._thread.start()
         log.info(
-            "DICOM listener %s on %s:%d",
+            "DICOM listener %s on %s:%d%s",
             self.settings.ae_title,
             self.settings.dicom_host,
             self.port,
+            " (TLS)" if self.ssl_context else "",
         )
 
     def stop(self, drain_timeout: float = 30.0) -> None:
-        """Stop accepting, let open associations finish, then abort the rest.
+        """Stop accepting, let open associations finish, then close the rest.
 
-        Aborting loses nothing: an instance is acknowledged only once it is on disk.
+        Closing loses nothing: an instance is acknowledged only once it is on disk.
         """
         server, self._server = self._server, None
         if server is None:
             return
         server.shutdown()
+        server.server_close()
         deadline = time.monotonic() + drain_timeout
-        while server.active_associations and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for assoc in server.active_associations:
-            log.warning("aborting association with %s at shutdown", assoc.requestor.ae_title)
-            assoc.abort()
+        while self.connections.value and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with self._lock:
+            remaining = list(self._associations)
+        for association in remaining:
+            log.warning("closing association with %s at shutdown", association.calling_aet)
+            association.close()
         if self._thread is not None:
             self._thread.join(timeout=5)
