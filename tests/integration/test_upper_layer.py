@@ -198,3 +198,22 @@ def test_abort_in_the_middle_of_a_data_set_stores_nothing(
     assert list((tmp_path / "data" / "spool").rglob("*.dcm")) == []
     assert ds.SOPInstanceUID
     assert still_serving(listener.port)
+
+
+def test_file_meta_is_what_pydicom_reads_back() -> None:
+    from io import BytesIO
+
+    import pydicom
+
+    from tumorlens.identifiers import IMPLEMENTATION_CLASS_UID
+    from tumorlens.listener.upper_layer import file_meta_bytes
+
+    data = b"\0" * 128 + b"DICM"
+    data += file_meta_bytes(str(MRImageStorage), "1.2.3.45", "1.2.840.10008.1.2.4.90", "TL", "PACS")
+    meta = pydicom.dcmread(BytesIO(data), stop_before_pixels=True).file_meta
+    assert meta.MediaStorageSOPClassUID == MRImageStorage
+    assert meta.MediaStorageSOPInstanceUID == "1.2.3.45"
+    assert meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
+    assert meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
+    assert (meta.SourceApplicationEntityTitle, meta.SendingApplicationEntityTitle) == ("TL", "PACS")
+    assert meta.FileMetaInformationGroupLength == len(data) - 132 - 12

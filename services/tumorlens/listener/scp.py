@@ -176,6 +176,7 @@ class Listener:
             max_associations=settings.max_associations,
             acse_timeout=settings.acse_timeout,
             network_timeout=settings.network_timeout,
+            dimse_timeout=settings.dimse_timeout,
             supported=supported_contexts(),
         )
         self.ssl_context = build_ssl_context(settings)

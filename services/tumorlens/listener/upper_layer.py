@@ -109,7 +109,8 @@ class AcceptorPolicy:
     max_pdu_size: int
     max_associations: int
     acse_timeout: float
-    network_timeout: float
+    network_timeout: float  # idle time allowed between messages
+    dimse_timeout: float  # time allowed between the fragments of one message
     supported: tuple[PresentationContext, ...] = field(default=())
 
 
@@ -318,7 +319,6 @@ class Association:
 
     # Data transfer (PS3.8 9.3.5) until release or abort
     def _serve(self) -> None:
-        self.sock.settimeout(self.policy.network_timeout)
         # P-DATA-TF variable field <= our Maximum Length; 0 means unlimited (PS3.8 D.1).
         limit = self.policy.max_pdu_size or 0xFFFFFFFF
         command = bytearray()
@@ -326,6 +326,12 @@ class Association:
         pending: Dataset | None = None
         context_id = 0
         while True:
+            # A message under way must keep coming (DIMSE timeout); between messages the
+            # peer may idle for the network timeout before we close the association.
+            in_message = pending is not None or bool(command)
+            self.sock.settimeout(
+                self.policy.dimse_timeout if in_message else self.policy.network_timeout
+            )
             pdu_type, body = read_pdu(self.sock, limit)
             if pdu_type == A_RELEASE_RQ_TYPE:
                 self.sock.sendall(A_RELEASE_RP)
