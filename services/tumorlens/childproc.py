@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import logging
 import os
 import signal
 import sys
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 # Loaded now, not in the forked child: dlopen after fork in a threaded parent can deadlock.
@@ -22,8 +29,39 @@ def die_with_parent() -> None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def die_with_supervisor(supervisor_pid: int) -> None:
-    """In a supervised child: die with the supervisor, even if it died before we asked."""
+def die_with_supervisor(supervisor_pid: int, poll: float = 0.5) -> None:
+    """In a supervised child: exit, with our own children, as soon as the supervisor is gone.
+
+    The supervisor's death also takes the embedded Redis, so nothing we hold can finish:
+    a Celery warm shutdown would wait (or reconnect to the next service's Redis and race
+    it). Exiting at once leaves our task unacknowledged; the restarted service requeues it.
+    """
     die_with_parent()
-    if os.getppid() != supervisor_pid:
-        os.kill(os.getpid(), signal.SIGTERM)
+
+    def watch() -> None:
+        while os.getppid() == supervisor_pid:
+            time.sleep(poll)
+        log.error("supervisor %d is gone: exiting", supervisor_pid)
+        for child in _children(os.getpid()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
+
+
+def _children(pid: int) -> list[int]:
+    """PIDs whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the parenthesised command name: state, ppid, ...
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 1 and fields[1] == str(pid):
+            found.append(int(entry.name))
+    return found

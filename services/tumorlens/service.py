@@ -99,6 +99,8 @@ class WorkerSupervisor:
         env.update(settings_environ(self.settings))
         env["TUMORLENS_REDIS_URL"] = self.redis_url
         env.pop("TUMORLENS_CONFIG", None)  # everything is in the environment now
+        # The worker watches this PID and exits with us (see childproc.die_with_supervisor).
+        env["TUMORLENS_SUPERVISOR_PID"] = str(os.getpid())
         return subprocess.Popen([sys.executable, "-m", "tumorlens", "worker"], env=env)
 
     def start(self) -> None:
@@ -145,6 +147,24 @@ def start_status_server(backend: Backend) -> Any:
     return start(backend.settings, backend.jobs)
 
 
+def requeue_orphaned_tasks(app: Any) -> None:
+    """Put tasks held by a worker that died with a killed ``serve`` back on the queue.
+
+    Only with the embedded Redis, which no other host can reach: every task it still marks
+    as unacknowledged belonged to our previous worker. (With a shared Redis, a vanished
+    worker's tasks come back after ``broker_visibility_timeout``.)
+    """
+    with app.connection_for_write() as connection:
+        channel = connection.default_channel
+        qos = channel.qos
+        with channel.conn_or_acquire() as client:
+            tags = list(client.hkeys(qos.unacked_key))
+        for tag in tags:
+            qos.restore_by_tag(tag)
+    if tags:
+        log.warning("requeued %d task(s) left unacknowledged by a previous worker", len(tags))
+
+
 def run_listener_side(backend: Backend, shutdown: ShutdownSignal, worker: bool) -> int:
     """Listener + assembler + status API (+ a supervised worker); returns at shutdown."""
     from tumorlens.worker.celery_app import celery_dispatcher, create_celery
@@ -157,10 +177,13 @@ def run_listener_side(backend: Backend, shutdown: ShutdownSignal, worker: bool) 
         backend.jobs, celery_dispatcher(app), settings.stable_age, settings.assembler_interval
     )
     supervisor = WorkerSupervisor(settings, backend.redis_url) if worker else None
+    # Status API first: a port clash should stop us before any PACS is told "stored".
+    status = start_status_server(backend)
     listener.start()
     assembler.start()
-    status = start_status_server(backend)
     if supervisor is not None:
+        if not settings.redis_url:
+            requeue_orphaned_tasks(app)
         supervisor.start()
     print(
         f"tumorlens ready: AE {settings.ae_title} on {settings.dicom_host}:{listener.port}, "

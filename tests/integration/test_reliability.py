@@ -162,3 +162,21 @@ def test_hard_kill_while_receiving_recovers_from_the_spool(
     assert job.instances == 50
     assert len(serve.spool_files(uid)) == 50
     assert "recovered 7 instances" in serve.log()
+
+
+def test_hard_kill_while_running_resumes_after_restart(
+    serve: ServeProcess, study50: tuple[SyntheticStudy, Path]
+) -> None:
+    study, folder = study50
+    serve.env["TUMORLENS_DEBUG_TASK_PAUSE"] = "5"
+    serve.start()
+    push_ok(serve.port, folder)
+    uid = study.study_instance_uid
+    serve.wait_for(uid, lambda j: j.step == "debug-pause")
+    serve.stop(sig=signal.SIGKILL)  # service, worker and Redis all go down mid-run
+    serve.env["TUMORLENS_DEBUG_TASK_PAUSE"] = "0"
+    serve.start()
+    job = serve.wait_for(uid, timeout=90)
+    assert job.state is JobState.DONE, job.error
+    assert job.attempts == 2
+    assert "requeued 1 task(s)" in serve.log()

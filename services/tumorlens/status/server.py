@@ -93,6 +93,9 @@ def start_status_server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="status-api"),
         # Beyond this, calls fail fast with RESOURCE_EXHAUSTED instead of queueing unseen.
         maximum_concurrent_rpcs=max_workers * 4,
+        # gRPC sets SO_REUSEPORT by default, so a second service on the same port would
+        # start silently and take half the calls: make a port clash an error instead.
+        options=[("grpc.so_reuseport", 0)],
     )
     status_pb2_grpc.add_StudyStatusServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     credentials = server_credentials(address, settings, allow_insecure=allow_insecure)
