@@ -29,7 +29,9 @@ class Assembler:
         dispatch: Dispatcher,
         stable_age: float,
         interval: float = 1.0,
-        dispatch_grace: float = 30.0,
+        # A claim is handed to the queue within milliseconds; an entry older than this was
+        # orphaned by a dead assembler, or put there by an operator's retry.
+        dispatch_grace: float = 3.0,
     ) -> None:
         self.jobs = jobs
         self.dispatch = dispatch

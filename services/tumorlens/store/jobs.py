@@ -434,18 +434,24 @@ class JobStore:
     def list_jobs(self, limit: int = 100, states: frozenset[JobState] | None = None) -> list[Job]:
         """Newest first."""
         jobs: list[Job] = []
-        with _redis_errors():
-            members = self._r.zrevrange(_JOBS, 0, -1)
-        for member in members:
-            ref = JobRef.from_member(member)
-            try:
-                job = self.get(ref.study_instance_uid, ref.version)
-            except StudyNotFoundError:
-                continue
-            if states is None or job.state in states:
-                jobs.append(job)
-            if len(jobs) >= limit:
+        page = max(limit, 50)
+        start = 0
+        while len(jobs) < limit:
+            with _redis_errors():
+                members = self._r.zrevrange(_JOBS, start, start + page - 1)
+            if not members:
                 break
+            start += page
+            for member in members:
+                ref = JobRef.from_member(member)
+                try:
+                    job = self.get(ref.study_instance_uid, ref.version)
+                except StudyNotFoundError:
+                    continue
+                if states is None or job.state in states:
+                    jobs.append(job)
+                if len(jobs) >= limit:
+                    break
         return jobs
 
 

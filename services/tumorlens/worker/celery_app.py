@@ -18,6 +18,7 @@ from celery import Celery
 from celery.signals import worker_process_init
 
 from tumorlens.config import Settings
+from tumorlens.errors import JobStoreUnavailableError
 from tumorlens.listener.spool import Spool
 from tumorlens.store.jobs import JobRef, JobStore
 from tumorlens.worker.runner import WorkerContext, run_job
@@ -70,7 +71,16 @@ def create_celery(settings: Settings, redis_url: str) -> Celery:
 
     worker_process_init.connect(_reset_after_fork, weak=False)
 
-    @app.task(name=ANALYSE_STUDY, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
+    @app.task(  # type: ignore[untyped-decorator]
+        name=ANALYSE_STUDY,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        # Redis away for a moment (failover, restart): retry, do not lose the study.
+        autoretry_for=(JobStoreUnavailableError,),
+        retry_backoff=True,
+        retry_backoff_max=60,
+        max_retries=30,
+    )
     def analyse_study(study_instance_uid: str, version: int) -> str:
         ref = JobRef(study_instance_uid, int(version))
         return run_job(ref, context()).value

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from tumorlens.config import Settings
-from tumorlens.errors import InvalidTransitionError, TumorlensError
+from tumorlens.errors import InvalidTransitionError, JobStoreUnavailableError, TumorlensError
 from tumorlens.listener.spool import Spool
 from tumorlens.store.jobs import AttemptDecision, JobRef, JobStore
 from tumorlens.store.states import JobState
@@ -53,6 +53,8 @@ def run_job(ref: JobRef, ctx: WorkerContext) -> JobState:
         ctx.jobs.set_details(ref, **summary.as_details())
         ctx.jobs.transition(ref, JobState.DONE)
         return JobState.DONE
+    except JobStoreUnavailableError:
+        raise  # the Celery task retries with backoff; nothing to record without Redis
     except InvalidTransitionError as exc:
         # Cancelled (or otherwise moved on) by someone else while we ran: leave it be.
         log.info("study %s v%d: stopped: %s", *_ids(ref), exc)
@@ -70,6 +72,8 @@ def run_job(ref: JobRef, ctx: WorkerContext) -> JobState:
 def _fail(ctx: WorkerContext, ref: JobRef, reason: str) -> None:
     try:
         ctx.jobs.transition(ref, JobState.FAILED, reason=reason)
+    except JobStoreUnavailableError:
+        raise  # the Celery task retries with backoff; nothing to record without Redis
     except InvalidTransitionError as exc:
         log.info("study %s v%d: could not mark FAILED: %s", *_ids(ref), exc)
 
