@@ -300,3 +300,38 @@ def test_tls_with_client_certificates(tmp_path: Path, jobs: JobStore) -> None:
     finally:
         running.listener.stop(drain_timeout=2)
     assert len(list(running.spool_dir.rglob("*.dcm"))) == 1
+
+
+@pytest.mark.parametrize(
+    "syntax",
+    [
+        "1.2.840.10008.1.2.5",  # RLE Lossless
+        "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+        "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+        "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    ],
+)
+def test_compressed_and_other_transfer_syntaxes_are_stored_as_sent(
+    scp: Running, syntax: str
+) -> None:
+    import pydicom
+    from pydicom.uid import UID
+
+    transfer_syntax = UID(syntax)
+    ds = instance(0)
+    if transfer_syntax.is_compressed:
+        ds.compress(transfer_syntax)
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(MRImageStorage, transfer_syntax)
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="TUMORLENS")
+    assert assoc.is_established
+    # pynetdicom encodes the data set in the syntax its file meta names.
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    assert assoc.send_c_store(ds).Status == errors.SUCCESS
+    assoc.release()
+    (stored,) = scp.spool_dir.rglob("*.dcm")
+    back = pydicom.dcmread(stored)
+    assert back.file_meta.TransferSyntaxUID == transfer_syntax
+    assert back.SOPInstanceUID == ds.SOPInstanceUID
+    original = mr_instance(STUDY, SERIES, 0).pixel_array
+    assert (back.pixel_array == original).all()  # lossless all the way
