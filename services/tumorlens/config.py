@@ -15,6 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from tumorlens.errors import ConfigurationError
+from tumorlens.pipeline.series_selection import (
+    SelectionRule,
+    parse_rules,
+    parse_rules_json,
+    rules_to_json,
+)
 
 ENV_PREFIX = "TUMORLENS_"
 
@@ -87,6 +93,9 @@ class Settings:
     broker_visibility_timeout: float = 600.0
     # status API
     grpc_address: str = "127.0.0.1:50051"
+    # series selection: site rules that override the built-in T1/T1c/T2/FLAIR rules
+    series_rules: tuple[SelectionRule, ...] = ()
+    series_min_slices: int = 10
     # inference
     inference_threads: int = 0
     log_level: str = "INFO"
@@ -134,6 +143,8 @@ def _coerce(name: str, type_name: str, value: Any) -> Any:
             return str(value)
         if type_name == "tuple[str, ...]":
             return tuple(_split_list(value))
+        if type_name == "tuple[SelectionRule, ...]":
+            return parse_rules_json(value) if isinstance(value, str) else parse_rules(value)
         if type_name == "tuple[Destination, ...]":
             if isinstance(value, list) and value and isinstance(value[0], Mapping):
                 return tuple(
@@ -205,6 +216,11 @@ def settings_environ(settings: Settings) -> dict[str, str]:
         value = getattr(settings, f.name)
         if value is None:
             continue
-        text = ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
+        if f.name == "series_rules":
+            text = rules_to_json(value)
+        elif isinstance(value, tuple):
+            text = ",".join(str(v) for v in value)
+        else:
+            text = str(value)
         env[ENV_PREFIX + f.name.upper()] = text
     return env

@@ -71,3 +71,24 @@ def test_unknown_key_in_file(tmp_path: Path) -> None:
     config.write_text("ae_titel = 'TYPO'\n")
     with pytest.raises(ConfigurationError, match="unknown setting 'ae_titel'"):
         load_settings(config, environ={})
+
+
+def test_series_rules_from_file_and_through_the_environment(tmp_path: Path) -> None:
+    config = tmp_path / "rules.toml"
+    config.write_text(
+        "[[tumorlens.series_rules]]\n"
+        'sequence = "flair"\n'
+        'match = { SeriesDescription = "(?i)dark.?fluid" }\n'
+        "priority = 10\n"
+    )
+    s = load_settings(config, environ={})
+    assert len(s.series_rules) == 1
+    assert s.series_rules[0].sequence == "flair"
+    assert load_settings(environ=settings_environ(s)).series_rules == s.series_rules
+
+
+def test_bad_series_rule_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "rules.toml"
+    config.write_text('[[tumorlens.series_rules]]\nsequence = "flair"\nmatch = { Foo = "(" }\n')
+    with pytest.raises(ConfigurationError, match="series rule #1"):
+        load_settings(config, environ={})

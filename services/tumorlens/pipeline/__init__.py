@@ -1,0 +1,1 @@
+"""Processing steps between the spool and the models: which series to use, and how."""
