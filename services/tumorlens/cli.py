@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "status",
     "retry",
     "cancel",
+    "resend",
 )
 
 Handler = Callable[[argparse.Namespace], int]

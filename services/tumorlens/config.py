@@ -81,8 +81,11 @@ class Settings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
-    # results
+    # results: sent to `destinations`; when none, back to the sending PACS as found in
+    # `peers` (its AE title and the address where it listens: AE@host:port)
     destinations: tuple[Destination, ...] = ()
+    peers: tuple[Destination, ...] = ()
+    delivery_attempts: int = 5
     # study assembly (like Orthanc's StableAge)
     stable_age: float = 30.0
     assembler_interval: float = 1.0

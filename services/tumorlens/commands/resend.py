@@ -1,0 +1,50 @@
+"""``tumorlens resend STUDY_UID``: deliver a study's results from the outbox again."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tumorlens.commands.common import settings_from_args
+from tumorlens.config import Destination
+from tumorlens.errors import DeliveryError
+from tumorlens.sender.deliver import RetryPolicy, deliver
+from tumorlens.sender.outbox import Outbox
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "resend", help="send a study's results (SEG, SR, PDF) from the outbox again"
+    )
+    parser.add_argument("study_instance_uid", metavar="STUDY_UID")
+    parser.add_argument("--version", type=int, help="study version (default: the latest)")
+    parser.add_argument(
+        "--to",
+        action="append",
+        type=Destination.parse,
+        metavar="AE@HOST:PORT",
+        help="destination (repeatable; default: the configured destinations)",
+    )
+    parser.add_argument("--data-dir", type=Path, help="data directory (default: settings)")
+    parser.add_argument("--attempts", type=int, default=1, help="tries per destination")
+    parser.add_argument(
+        "--all", action="store_true", help="send every object, also those delivered before"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    destinations = tuple(args.to or settings.destinations)
+    if not destinations:
+        raise DeliveryError("no destination: pass --to AE@host:port or set 'destinations'")
+    batch = Outbox(settings.outbox_dir).load(args.study_instance_uid, args.version)
+    if args.all:
+        for destination in destinations:
+            batch.delivered.pop(str(destination), None)
+    report = deliver(
+        batch, destinations, settings.ae_title, RetryPolicy(attempts=max(1, args.attempts))
+    )
+    for destination, count in report.sent.items():
+        print(f"{destination}: {count} object(s) sent, {len(batch.objects)} in the outbox")
+    return 0
