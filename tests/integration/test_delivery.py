@@ -90,7 +90,7 @@ def test_a_destination_that_comes_back_gets_everything_on_retry(
 def test_undeliverable_results_raise_and_stay_in_the_outbox(batch: OutboxBatch) -> None:
     waits: list[float] = []
     destination = Destination("NOBODY", "127.0.0.1", free_port())
-    with pytest.raises(DeliveryError, match="NOBODY@127.0.0.1") as caught:
+    with pytest.raises(DeliveryError, match=r"NOBODY@127\.0\.0\.1") as caught:
         deliver(batch, [destination], "TUMORLENS", RetryPolicy(attempts=3), waits.append)
     assert "3 of 3 not delivered" in str(caught.value)
     assert waits == [2.0, 4.0]  # backoff doubles
