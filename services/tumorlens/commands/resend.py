@@ -26,7 +26,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="destination (repeatable; default: the configured destinations)",
     )
     parser.add_argument("--data-dir", type=Path, help="data directory (default: settings)")
-    parser.add_argument("--attempts", type=int, default=1, help="tries per destination")
+    parser.add_argument(
+        "--attempts", type=int, help="tries per destination (default: delivery_attempts)"
+    )
     parser.add_argument(
         "--all", action="store_true", help="send every object, also those delivered before"
     )
@@ -43,7 +45,10 @@ def run(args: argparse.Namespace) -> int:
         for destination in destinations:
             batch.delivered.pop(str(destination), None)
     report = deliver(
-        batch, destinations, settings.ae_title, RetryPolicy(attempts=max(1, args.attempts))
+        batch,
+        destinations,
+        settings.ae_title,
+        RetryPolicy(attempts=max(1, args.attempts or settings.delivery_attempts)),
     )
     for destination, count in report.sent.items():
         print(f"{destination}: {count} object(s) sent, {len(batch.objects)} in the outbox")
