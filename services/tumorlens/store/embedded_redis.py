@@ -56,7 +56,7 @@ class EmbeddedRedis:
         self.url = f"unix://{self.socket}"
         self._process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 15.0) -> None:
+    def start(self, timeout: float = 30.0) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         if self._already_running():
             # Another local process (an earlier `serve`, `listen`) owns it: share it.
@@ -93,13 +93,22 @@ class EmbeddedRedis:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 err = self._process.stderr.read().decode() if self._process.stderr else ""
-                raise JobStoreUnavailableError(f"embedded redis-server exited: {err.strip()}")
+                raise JobStoreUnavailableError(
+                    f"embedded redis-server exited: {err.strip() or self._log_tail()}"
+                )
             if self._already_running():
                 log.info("embedded Redis started at %s (data in %s)", self.socket, self.dir)
                 return
             time.sleep(0.05)
         self.stop()
-        raise JobStoreUnavailableError(f"embedded redis-server did not start in {timeout} s")
+        raise JobStoreUnavailableError(
+            f"embedded redis-server did not start in {timeout} s: {self._log_tail()}"
+        )
+
+    def _log_tail(self) -> str:
+        log_file = self.dir / "redis.log"
+        lines = log_file.read_text(errors="replace").splitlines() if log_file.exists() else []
+        return " | ".join(lines[-3:]) or "no log"
 
     def _already_running(self) -> bool:
         if not self.socket.exists():
