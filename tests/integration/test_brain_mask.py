@@ -1,0 +1,168 @@
+"""Volumes -> one grid -> brain mask and MNI placement, on a real clinical case and a phantom.
+
+The real case (TCGA-FG-6692: full head, 0.9 x 0.9 x 5.5 mm, four matrices, one scanner frame)
+lives under ``$TUMORLENS_DATA/cases`` (default ``../shared/data`` next to the repository);
+the tests skip without it. The phantom test needs the training extra (nilearn).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tumorlens.dicomio.make_study import make_study
+from tumorlens.pipeline.brain_mask import BrainMask, extract_brain
+from tumorlens.pipeline.grid import (
+    MOTION_CORRECTED,
+    AlignedSequence,
+    AlignedStudy,
+    align_sequences,
+)
+from tumorlens.pipeline.registration import head_mask, params_to_matrix
+from tumorlens.pipeline.volumes import StudyVolumes, nifti_image, study_volumes
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = Path(os.environ.get("TUMORLENS_DATA", REPO.parent / "shared" / "data"))
+CASE = DATA / "cases" / "TCGA-FG-6692"
+SEQUENCES = ("t1", "t1c", "t2", "flair")
+MODELS = REPO / "models" / "tumorlens_zoo"
+MNI_BRAIN_CENTRE = np.array([0.0, -18.0, 10.0])
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+@dataclass
+class Processed:
+    volumes: StudyVolumes
+    study: AlignedStudy
+    brain: BrainMask
+    seconds: dict[str, float]
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory: pytest.TempPathFactory) -> Processed:
+    if not all((CASE / f"{s}.nii.gz").is_file() for s in SEQUENCES):
+        pytest.skip(f"real case not found under {CASE}")
+    written = make_study(
+        {s: CASE / f"{s}.nii.gz" for s in SEQUENCES}, tmp_path_factory.mktemp("case"), seed=7
+    )
+    seconds = {}
+    start = time.perf_counter()
+    volumes = study_volumes({s.sequence: (s.series_instance_uid, s.paths) for s in written.series})
+    seconds["volumes"] = time.perf_counter() - start
+    start = time.perf_counter()
+    study = align_sequences(volumes.volumes)
+    seconds["grid"] = time.perf_counter() - start
+    start = time.perf_counter()
+    brain = extract_brain(study, MODELS)
+    seconds["brain mask"] = time.perf_counter() - start
+    print("timings (s):", {k: round(v, 2) for k, v in seconds.items()})
+    return Processed(volumes, study, brain, seconds)
+
+
+def test_sequences_share_the_reference_grid(processed: Processed) -> None:
+    study = processed.study
+    assert processed.volumes.dropped == ()
+    assert study.reference == "t1c"
+    assert set(study.sequences) == set(SEQUENCES)
+    for name, aligned in study.sequences.items():
+        assert aligned.data.shape == study.shape
+        rotation, shift = aligned.transform[:3, :3], aligned.transform[:3, 3]
+        np.testing.assert_allclose(rotation.T @ rotation, np.eye(3), atol=1e-6)
+        assert np.linalg.norm(shift) < 20.0, name
+    # One Frame of Reference, yet this patient moved between series: T1 by about 8 degrees,
+    # FLAIR by about 13 degrees and 13 mm (visible as different anatomy on one slice).
+    assert study.sequences["t1"].method == MOTION_CORRECTED
+    assert study.sequences["flair"].method == MOTION_CORRECTED
+    assert study.sequences["t2"].method in (MOTION_CORRECTED, "frame of reference")
+    # FLAIR covers the skull base, T1c the vertex: compare heads where both have data.
+    reference = head_mask(study.array("t1c"))
+    for name in ("t1", "flair"):
+        data = study.array(name)
+        covered = np.zeros_like(reference)
+        covered[:, :, :] = (data > 0).any(axis=(0, 1))  # slices with any data
+        dice = _dice(head_mask(data) & covered, reference & covered)
+        assert dice > 0.9, (name, dice)
+
+
+def test_rigid_registration_recovers_a_moved_patient(processed: Processed) -> None:
+    """T1 in another Frame of Reference, its world moved by a known rigid transform."""
+    original = processed.volumes.volumes["t1"]
+    moved = params_to_matrix([6.0, -5.0, 8.0, 4.0, -3.0, 5.0], [0.0, 10.0, 20.0])
+    image = nifti_image(np.asarray(original.image.dataobj), moved @ original.affine)
+    series = dataclasses.replace(original, image=image, frame_of_reference_uid="1.2.3.4")
+    study = align_sequences({"t1c": processed.volumes.volumes["t1c"], "t1": series})
+    t1 = study.sequences["t1"]
+    assert t1.method == "rigid registration"
+    # The fit must find the known movement on top of the patient's own motion (which the
+    # shared-frame motion check measured).
+    expected = moved @ processed.study.sequences["t1"].transform
+    points = np.array([[0.0, 10.0, 20.0, 1.0], [40.0, -30.0, 50.0, 1.0], [-40, 40, 0, 1]]).T
+    error = np.linalg.norm((t1.transform @ points - expected @ points)[:3], axis=0)
+    assert error.max() < 3.0, (error, t1.correlation_ratio)
+    assert t1.correlation_ratio is not None and t1.correlation_ratio > 0.35
+
+
+def test_brain_mask_is_plausible(processed: Processed) -> None:
+    brain = processed.brain
+    assert brain.method == "template registration", brain.warnings
+    assert 900.0 <= brain.volume_ml <= 2200.0
+    mask = brain.mask > 0
+    head = head_mask(processed.study.array(brain.subject_sequence))
+    assert float((mask & head).sum()) / float(mask.sum()) > 0.97
+    assert brain.agreement > 0.75
+
+
+def test_implausible_registration_falls_back_to_the_heuristic(
+    processed: Processed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tumorlens.pipeline import brain_mask
+
+    monkeypatch.setattr(brain_mask, "MAX_BRAIN_ML", 500.0)
+    monkeypatch.setattr(brain_mask, "MIN_BRAIN_ML", 100.0)
+    brain = extract_brain(processed.study, MODELS)
+    assert brain.method == "intensity heuristic"
+    assert "template registration rejected (volume" in brain.warnings[0]
+    # The provisional mask is the one the template was fitted to: they agree.
+    assert _dice(brain.mask > 0, processed.brain.mask > 0) > 0.75
+    assert 900.0 <= brain.volume_ml <= 2200.0
+
+
+def test_subject_to_mni_places_the_brain_centre(processed: Processed) -> None:
+    brain = processed.brain
+    np.testing.assert_allclose(brain.subject_to_mni @ brain.mni_to_subject, np.eye(4), atol=1e-9)
+    assert np.linalg.norm(brain.mni_centre() - MNI_BRAIN_CENTRE) < 20.0
+
+
+def test_whole_path_takes_seconds(processed: Processed) -> None:
+    # Generous: CI shares its cores; about 4 s on two loaded cores.
+    assert sum(processed.seconds.values()) < 30.0
+
+
+def test_phantom_brain_mask_matches_its_truth() -> None:
+    generate = pytest.importorskip("tumorlens_train.phantoms.generate")
+    pytest.importorskip("nilearn")
+    from tumorlens.pipeline.registration import resample
+
+    config = generate.PhantomConfig(spacing=3.0, full_head=True, thick_slice_prob=0.0)
+    phantom = generate.generate_case(3, config=config)
+    # A scanner grid: 1.2 x 1.2 x 4 mm axial slices, rotated and shifted against MNI.
+    rotation = params_to_matrix([6.0, -12.0, 15.0, 10.0, 0.0, -6.0], [0.0, 0.0, 0.0])
+    grid = rotation @ np.diag([1.2, 1.2, 4.0, 1.0])
+    grid[:3, 3] += rotation[:3, :3] @ np.array([-115.0, -130.0, -80.0])
+    shape = (192, 216, 48)
+    t1 = resample(phantom.images["t1"], phantom.affine, grid, shape)
+    truth = resample(phantom.tissue["brain"], phantom.affine, grid, shape) >= 0.5
+    study = AlignedStudy(
+        "t1", grid, shape, {"t1": AlignedSequence("t1", t1, np.eye(4), "reference")}
+    )
+    brain = extract_brain(study, MODELS)
+    assert _dice(brain.mask > 0, truth) >= 0.85, (brain.method, brain.warnings)
