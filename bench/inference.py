@@ -1,6 +1,12 @@
 """Inference latency: PyTorch eager (CPU) vs ONNX Runtime (CPU) on the same batch and threads.
 
-    python bench/inference.py [--models slice_type_2d] [--batch 32] [--threads 2] [--runs 20]
+    python bench/inference.py [--models slice_type_2d,tumour3d] [--batch 32] [--threads 2]
+        [--runs 20] [--volume-batch 1]
+
+3D models run at ``--volume-batch`` (default 1: one study) on their card's grid.
+
+On a shared, oversubscribed machine run it with ``OMP_WAIT_POLICY=PASSIVE``: otherwise torch's
+spinning OpenMP threads, not the model, dominate the eager timings.
 
 Each model is a :class:`Target` built by a function in ``TARGETS``; a 3D model is added by
 writing another builder. A model whose ONNX file or torch definition/weights are missing is
@@ -36,12 +42,14 @@ class Target:
     sample_shape: tuple[int, ...]  # one sample, without the batch axis
     torch_model: Any | None  # an eval-mode torch.nn.Module, or None
     torch_missing: str = ""  # why there is no torch model
+    batch: int | None = None  # overrides --batch (3D models: one study per call)
 
 
 def _slice_type_2d(args: argparse.Namespace) -> Target:
     onnx_path, card = resolve_model("slice_type_2d", ZOO)
     shape = (card.input_channels, card.input_size, card.input_size)
-    checkpoint = args.slice_checkpoint
+    # Default: the committed checkpoint the ONNX file was exported from.
+    checkpoint = args.slice_checkpoint or REPO / "models/checkpoints/slice_type_2d.pt"
     try:
         from tumorlens_train.nets2d import load_checkpoint
     except ModuleNotFoundError as exc:
@@ -54,9 +62,31 @@ def _slice_type_2d(args: argparse.Namespace) -> Target:
     return Target(card.name, onnx_path, card.input_name, shape, model)
 
 
-# name -> builder; add e.g. "seg3d": _seg3d when the 3D model ships.
+def _tumour3d(args: argparse.Namespace) -> Target:
+    from tumorlens.inference.preprocess3d import SEQUENCES, load_volume_card
+
+    onnx_path, card = load_volume_card("tumour3d", ZOO)
+    shape = (len(SEQUENCES), *card.grid.shape)
+    batch = args.volume_batch
+    checkpoint = args.volume_checkpoint
+    try:
+        from tumorlens_train.nets3d import load_checkpoint
+    except ModuleNotFoundError as exc:
+        return Target(
+            card.name, onnx_path, card.input_name, shape, None, f"no torch ({exc})", batch
+        )
+    if not checkpoint.is_file():
+        return Target(
+            card.name, onnx_path, card.input_name, shape, None, f"no checkpoint {checkpoint}", batch
+        )
+    model, _ = load_checkpoint(str(checkpoint))
+    return Target(card.name, onnx_path, card.input_name, shape, model, "", batch)
+
+
+# name -> builder.
 TARGETS: dict[str, Callable[[argparse.Namespace], Target]] = {
     "slice_type_2d": _slice_type_2d,
+    "tumour3d": _tumour3d,
 }
 
 
@@ -72,6 +102,7 @@ def _time(fn: Callable[[], object], runs: int, warmup: int) -> list[float]:
 
 
 def bench(target: Target, batch: int, threads: int, runs: int, warmup: int) -> dict[str, Any]:
+    batch = target.batch or batch
     x = np.random.default_rng(0).standard_normal((batch, *target.sample_shape))
     x = x.astype(np.float32)
     session = create_session(target.onnx_path, threads=threads, prefer_gpu=False)
@@ -115,9 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--slice-checkpoint",
         type=Path,
-        default=REPO / "out/train/slices/best.pt",
-        help="torch checkpoint of slice_type_2d (written by tumorlens-train slices)",
+        help="torch checkpoint of slice_type_2d (default: models/checkpoints/slice_type_2d.pt)",
     )
+    parser.add_argument(
+        "--volume-checkpoint",
+        type=Path,
+        default=REPO / "models/checkpoints/tumour3d.pt",
+        help="torch checkpoint of tumour3d (written by tumorlens-train seg3d)",
+    )
+    parser.add_argument("--volume-batch", type=int, default=1, help="batch for 3D models")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
     args = parser.parse_args(argv)
 

@@ -55,6 +55,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     p.add_argument("--resume", action="store_true", help="continue from WORK_DIR/last.pt")
     p.add_argument(
+        "--init-from", type=Path, help="start from this checkpoint's weights (fine-tuning)"
+    )
+    p.add_argument(
         "--export-only", action="store_true", help="skip training; export WORK_DIR/best.pt"
     )
     p.add_argument("--limit-per-class", type=int, default=0, help=argparse.SUPPRESS)
@@ -88,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             resume=args.resume,
             limit_per_class=args.limit_per_class,
+            init_from=args.init_from,
             net=NetConfig(
                 num_classes=len(slices.CLASSES), widths=widths, blocks=blocks, strides=strides
             ),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -72,17 +73,20 @@ def export_onnx(model: SliceNet, path: Path, size: int, opset: int = OPSET) -> N
     model.eval()
     dummy = torch.zeros(1, model.config.in_channels, size, size)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(
-        model,
-        (dummy,),
-        str(path),
-        input_names=[INPUT_NAME],
-        output_names=list(OUTPUT_NAMES),
-        dynamic_axes={name: {0: "N"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
-        opset_version=opset,
-        do_constant_folding=True,
-        dynamo=False,
-    )
+    with warnings.catch_warnings():
+        # The TorchScript exporter is chosen on purpose (the dynamo one needs onnxscript).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes={name: {0: "N"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
 
@@ -128,6 +132,37 @@ def real_inputs(data_dir: Path, split_file: Path, size: int, count: int = 8) -> 
     return np.stack(arrays) if arrays else np.zeros((0, 1, size, size), np.float32)
 
 
+def _stage(checkpoint: dict[str, Any], work_dir: Path) -> dict[str, Any]:
+    cfg: dict[str, Any] = checkpoint.get("train_config", {})
+    history_file = work_dir / "history.json"
+    history = json.loads(history_file.read_text()) if history_file.exists() else []
+    return {
+        "size": checkpoint.get("size"),
+        "epochs": cfg.get("epochs"),
+        "best_epoch": checkpoint.get("epoch"),
+        "best_val_accuracy": checkpoint.get("val_accuracy"),
+        "init_from": cfg.get("init_from"),
+        "batch_size": cfg.get("batch_size"),
+        "optimiser": f"AdamW (weight decay {cfg.get('weight_decay')} on conv/linear weights)",
+        "lr_schedule": f"one-cycle, peak {cfg.get('lr')}, 15% warm-up, cosine anneal",
+        "loss": "cross-entropy, inverse-frequency class weights, label smoothing "
+        f"{cfg.get('label_smoothing')}",
+        "bf16_autocast": cfg.get("bf16"),
+        "seconds": round(sum(float(h.get("seconds", 0.0)) for h in history), 1),
+    }
+
+
+def training_stages(checkpoint_path: Path, checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
+    """The chain of training runs behind a checkpoint, first run first (``init_from`` links)."""
+    stages = [_stage(checkpoint, checkpoint_path.parent)]
+    parent = checkpoint.get("train_config", {}).get("init_from")
+    while parent and Path(parent).is_file() and len(stages) < 10:
+        parent_ckpt = torch.load(parent, map_location="cpu", weights_only=True)
+        stages.insert(0, _stage(parent_ckpt, Path(parent).parent))
+        parent = parent_ckpt.get("train_config", {}).get("init_from")
+    return stages
+
+
 def build_card(
     *,
     name: str,
@@ -136,11 +171,11 @@ def build_card(
     model: SliceNet,
     checkpoint: dict[str, Any],
     split_file: Path,
-    history: list[dict[str, Any]],
+    stages: list[dict[str, Any]],
+    stages_source: str,
     verification: dict[str, Any],
 ) -> dict[str, Any]:
     size = int(checkpoint["size"])
-    train_cfg: dict[str, Any] = checkpoint.get("train_config", {})
     split: dict[str, Any] = json.loads(split_file.read_text()) if split_file.exists() else {}
     with torch.no_grad():
         _, feats = model(torch.zeros(1, model.config.in_channels, size, size))
@@ -227,17 +262,10 @@ def build_card(
                 "val_fraction": split.get("val_fraction"),
                 "method": "stratified by class; " + str(split.get("grouping", "")),
             },
-            "epochs": train_cfg.get("epochs"),
-            "best_epoch": checkpoint.get("epoch"),
-            "batch_size": train_cfg.get("batch_size"),
-            "optimiser": f"AdamW (weight decay {train_cfg.get('weight_decay')} on conv/linear "
-            "weights only)",
-            "lr_schedule": f"one-cycle, peak {train_cfg.get('lr')}",
-            "loss": f"cross-entropy, inverse-frequency class weights, label smoothing "
-            f"{train_cfg.get('label_smoothing')}",
-            "bf16_autocast": train_cfg.get("bf16"),
+            "stages": stages,
+            "checkpoint": stages_source,
             "augmentation": asdict(slices.AugmentConfig()),
-            "seconds": round(sum(float(h.get("seconds", 0.0)) for h in history), 1),
+            "seconds": round(sum(float(st["seconds"]) for st in stages), 1),
             "torch": torch.__version__,
             "platform": platform.machine(),
         },
@@ -276,8 +304,6 @@ def export_checkpoint(
     }
     log.info("ONNX Runtime matches PyTorch: %s", verification)
 
-    history_file = checkpoint.parent / "history.json"
-    history = json.loads(history_file.read_text()) if history_file.exists() else []
     card = build_card(
         name=name,
         version=version,
@@ -285,7 +311,8 @@ def export_checkpoint(
         model=model,
         checkpoint=ckpt,
         split_file=split_file,
-        history=history,
+        stages=training_stages(checkpoint, ckpt),
+        stages_source=str(checkpoint),
         verification=verification,
     )
     card_path.write_text(json.dumps(card, indent=1) + "\n")
@@ -298,6 +325,11 @@ def export_checkpoint(
         metrics = report.to_dict()
         metrics.pop("model", None)
         metrics["split"] = "validation"
+        metrics["caveat"] = (
+            "The validation split also chose the checkpoint (best epoch), so these figures are "
+            "optimistic; there is no independent test set. Slices of one patient may sit on "
+            "both sides of the split (the data set has no patient identifiers)."
+        )
         metrics["runtime"] = f"onnxruntime {ort.__version__} CPU, {threads} threads, batch 32"
         card["metrics"] = metrics
         card_path.write_text(json.dumps(card, indent=1) + "\n")

@@ -33,13 +33,13 @@ class NetConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NetConfig:
-        return cls(
-            **{
-                k: tuple(v) if isinstance(v, list) else v
-                for k, v in data.items()
-                if k in cls.__dataclass_fields__
-            }
-        )
+        # JSON and checkpoints turn tuples into lists; unknown keys are from newer versions.
+        kwargs: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v
+            for k, v in data.items()
+            if k in cls.__dataclass_fields__
+        }
+        return cls(**kwargs)
 
 
 def _conv_bn(cin: int, cout: int, kernel: int, stride: int) -> list[nn.Module]:
@@ -70,7 +70,8 @@ class BasicBlock(nn.Module):
         nn.init.zeros_(last_bn.weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.body(x) + self.shortcut(x))
+        out: Tensor = self.act(self.body(x) + self.shortcut(x))
+        return out
 
 
 class SliceNet(nn.Module):

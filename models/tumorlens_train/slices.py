@@ -175,7 +175,8 @@ def augment(
     unit = np.clip(unit, 0.0, 1.0) ** rng.uniform(*cfg.gamma)
     if cfg.noise_std > 0:
         unit = unit + rng.normal(0.0, cfg.noise_std * rng.random(), size=unit.shape)
-    return unit.astype(np.float32)
+    out: NDArray[np.float32] = unit.astype(np.float32)
+    return out
 
 
 class SliceDataset(Dataset[tuple[torch.Tensor, int]]):

@@ -41,6 +41,7 @@ class TrainConfig:
     device: str = "auto"
     resume: bool = False
     limit_per_class: int = 0  # >0: use only this many images per class (smoke tests)
+    init_from: Path | None = None  # start from these weights (fine-tuning), fresh optimiser
     net: NetConfig = field(default_factory=NetConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,7 +129,13 @@ def train(cfg: TrainConfig) -> TrainResult:
     )
     val_dl = DataLoader(val_ds, batch_size=128)
 
-    model = SliceNet(cfg.net).to(device).to(memory_format=torch.channels_last)
+    model = SliceNet(cfg.net)
+    if cfg.init_from is not None:
+        init = torch.load(cfg.init_from, map_location="cpu", weights_only=True)
+        model.load_state_dict(init["state_dict"])
+        log.info("initialised from %s (epoch %s)", cfg.init_from, init.get("epoch"))
+    # Channels-last convolutions are faster on CPU; torch's stubs omit memory_format here.
+    model = model.to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     log.info("SliceNet: %d parameters, device %s", count_parameters(model), device)
     optimiser = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(

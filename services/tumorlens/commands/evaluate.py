@@ -1,7 +1,7 @@
 """``tumorlens evaluate``: measure a shipped model on labelled data (research use only).
 
-Only ``slices`` (2D classifier on class folders) exists; a ``volumes`` kind goes beside it as
-another ``_register_<kind>`` on the same sub-parser.
+``slices``: 2D classifier on class folders. ``volumes``: 3D segmentation + type model on
+BraTS-layout cases (phantoms, BraTS 2019-2023).
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ from tumorlens.evaluation.report import format_table
 from tumorlens.evaluation.slices import evaluate_slices
 
 DEFAULT_SLICE_MODEL = "slice_type_2d"
+DEFAULT_VOLUME_MODEL = "tumour3d"
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("evaluate", help="measure a model on labelled data")
     kinds = parser.add_subparsers(dest="kind", required=True)
     _register_slices(kinds)
+    _register_volumes(kinds)
 
 
 def _register_slices(kinds: Any) -> None:
@@ -75,4 +77,54 @@ def _run_slices(args: argparse.Namespace) -> int:
             preds.labels, softmax(preds.logits), report.labels, args.plots / "roc.png"
         )
         print(f"plots: {cm_path} {roc_path}")
+    return 0
+
+
+def _register_volumes(kinds: Any) -> None:
+    p = kinds.add_parser(
+        "volumes",
+        help="3D segmentation + type model on BraTS-layout cases",
+        description="Evaluate the 3D model on BraTS-layout cases (phantoms, BraTS 2019/2020 "
+        "HGG/LGG folders, 2021, 2023): Dice and HD95 for WT/TC/ET, grade AUC/accuracy, type "
+        "accuracy. Unreadable or inconsistent cases are skipped and counted.",
+    )
+    p.add_argument("dir", type=Path, metavar="DIR", help="folder holding the case folders")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_VOLUME_MODEL,
+        help="model name in the models directory, or path to its .json card or .onnx file "
+        f"(default {DEFAULT_VOLUME_MODEL})",
+    )
+    p.add_argument("--json", type=Path, metavar="FILE", help="write the metrics as JSON")
+    p.add_argument("--plots", type=Path, metavar="DIR", help="write overlay, confusion, ROC PNGs")
+    p.add_argument(
+        "--sequences",
+        help="comma-separated subset of t1,t1ce,t2,flair to feed (others zero); default all",
+    )
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N cases")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: settings)")
+    p.set_defaults(func=_run_volumes)
+
+
+def _run_volumes(args: argparse.Namespace) -> int:
+    from tumorlens.evaluation import volumes
+
+    settings = load_settings(args.config)
+    threads = args.threads if args.threads is not None else settings.inference_threads
+    sequences = [s.strip() for s in args.sequences.split(",")] if args.sequences else None
+    report, preds = volumes.evaluate_volumes(
+        args.dir,
+        args.model,
+        settings.models_dir,
+        threads=threads,
+        sequences=sequences,
+        limit=args.limit,
+    )
+    print(volumes.format_volume_table(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    if args.plots and report.cases:
+        written = volumes.write_plots(args.dir, report, preds, args.plots)
+        print("plots: " + " ".join(str(p) for p in written))
     return 0

@@ -35,7 +35,7 @@ from typing import Any, Final
 import nibabel as nib
 import numpy as np
 import numpy.typing as npt
-from scipy import ndimage  # type: ignore[import-untyped]
+from scipy import ndimage
 
 from tumorlens.errors import ConfigurationError
 from tumorlens.pipeline.grid import AlignedStudy, voxel_volume_ml

@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-from scipy import ndimage, optimize  # type: ignore[import-untyped]
+from scipy import ndimage, optimize
 
 FloatArray = npt.NDArray[np.float32]
 Affine = npt.NDArray[np.float64]

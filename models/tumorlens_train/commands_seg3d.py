@@ -1,0 +1,139 @@
+"""``tumorlens-train seg3d``: train the 3D tumour model (segmentation + type, one network with two
+heads) on phantoms or BraTS folders, export ONNX + model card.
+
+Reproduce the shipped model (see the card for the exact figures)::
+
+    python -m tumorlens_train.phantoms --n 300 --out out/phantoms/train3d --seed 0 --spacing 2
+    python -m tumorlens_train.phantoms --n 48 --out out/phantoms/heldout3d --seed 100000 --spacing 2
+    tumorlens-train seg3d --data out/phantoms/train3d --heldout out/phantoms/heldout3d \
+        --out models/tumorlens_zoo --steps 6000 --minutes 62 --bf16 --workers 2 --type-head-width 0
+    # stage 2 (type head on the frozen encoder), then export + held-out evaluation:
+    tumorlens-train seg3d --data out/phantoms/train3d --heldout out/phantoms/heldout3d \
+        --out models/tumorlens_zoo --type-head-only --type-head-width 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from tumorlens.inference.preprocess3d import GridSpec
+from tumorlens_train import export3d, train_volumes, volumes
+from tumorlens_train.nets3d import Net3dConfig
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "tumour3d"
+
+
+def register(subparsers: Any) -> None:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "seg3d", help="train + export the 3D tumour segmentation + type model"
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        action="append",
+        required=True,
+        help="BraTS-layout training folder (phantoms or BraTS 2019-2023); repeatable",
+    )
+    p.add_argument("--val-count", type=int, default=16, help="last N cases held for validation")
+    p.add_argument("--heldout", type=Path, help="held-out test folder, evaluated into the card")
+    p.add_argument("--out", type=Path, default=Path("models/tumorlens_zoo"))
+    p.add_argument("--work-dir", type=Path, default=Path("out/train/seg3d"))
+    p.add_argument("--name", default=MODEL_NAME)
+    p.add_argument("--version", default="0.1.0")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--minutes", type=float, default=0.0, help="wall-clock budget (0: none)")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--base", type=int, default=12, help="channels at full resolution")
+    p.add_argument("--levels", type=int, default=4)
+    p.add_argument("--spacing", type=float, default=3.0, help="model grid spacing (mm)")
+    p.add_argument("--shape", default="64,80,64", help="model grid shape x,y,z")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for training")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=1, help="processes preparing the cache")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-every", type=int, default=100)
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+    p.add_argument("--export-only", action="store_true", help="export WORK_DIR/best.pt")
+    p.add_argument(
+        "--type-head-width",
+        type=int,
+        default=32,
+        help="stage 2: conv type head of this width trained on the frozen encoder (0: none)",
+    )
+    p.add_argument("--type-head-epochs", type=int, default=80)
+    p.add_argument(
+        "--type-head-only", action="store_true", help="skip stage 1; stage 2 on WORK_DIR/best.pt"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    shape = tuple(int(v) for v in args.shape.split(","))
+    grid = GridSpec(spacing=args.spacing, shape=(shape[0], shape[1], shape[2]))
+    export_from = args.work_dir / "best.pt"
+    if not args.export_only:
+        cases: list[volumes.Prepared] = []
+        sources = []
+        for folder in args.data:
+            paths = volumes.build_cache(
+                folder, args.work_dir / "cache" / folder.name, grid, args.workers
+            )
+            cases += volumes.load_cached(paths)
+            sources.append({"folder": str(folder), "cases": len(paths)})
+        val_cases = cases[-args.val_count :] if args.val_count else []
+        train_cases = cases[: len(cases) - len(val_cases)]
+        log.info("%d training cases, %d validation cases", len(train_cases), len(val_cases))
+    if not args.export_only and not args.type_head_only:
+        cfg = train_volumes.TrainConfig(
+            work_dir=args.work_dir,
+            grid=grid,
+            net=Net3dConfig(base=args.base, levels=args.levels),
+            steps=args.steps,
+            minutes=args.minutes,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            bf16=args.bf16,
+            threads=args.threads,
+            seed=args.seed,
+            device=args.device,
+            val_every=args.val_every,
+            data={
+                "sources": sources,
+                "n_train": len(train_cases),
+                "n_validation": len(val_cases),
+                "validation_cases": [c.case_id for c in val_cases],
+            },
+        )
+        result = train_volumes.train(cfg, train_cases, val_cases)
+        log.info("training done: %s", result)
+    if not args.export_only and args.type_head_width:
+        export_from = args.work_dir / "best_type.pt"
+        best = train_volumes.train_type_head(
+            args.work_dir / "best.pt",
+            export_from,
+            train_cases,
+            val_cases,
+            width=args.type_head_width,
+            epochs=args.type_head_epochs,
+            threads=args.threads,
+            seed=args.seed,
+        )
+        log.info("type head: %s", best)
+    elif args.export_only and (args.work_dir / "best_type.pt").exists():
+        export_from = args.work_dir / "best_type.pt"
+    card = export3d.export_checkpoint(
+        checkpoint=export_from,
+        out_dir=args.out,
+        name=args.name,
+        version=args.version,
+        heldout=args.heldout,
+        threads=args.threads,
+    )
+    log.info("wrote %s", card)
+    return 0

@@ -1,0 +1,342 @@
+"""Export the 3D tumour model to ONNX (reusing :mod:`tumorlens_train.export`'s opset, tolerance and
+size limit), prove ONNX Runtime reproduces PyTorch, and write the model card with held-out
+metrics measured by the runtime evaluation code on the shipped file."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from numpy.typing import NDArray
+
+from tumorlens.inference.card import sha256_file
+from tumorlens.inference.preprocess3d import SEQUENCES, GridSpec
+from tumorlens.inference.session import create_session
+from tumorlens_train.export import MAX_BYTES, OPSET, TOLERANCE
+from tumorlens_train.nets3d import SEG_CLASSES, TYPE_CLASSES, TumourNet3d, count_parameters
+from tumorlens_train.nets3d import load_checkpoint as load_net
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("seg_logits", "type_logits", "type_features")
+
+SNOMED_NOTE = (
+    "SNOMED CT concept IDs chosen by the model developers, not by a terminologist; they must be "
+    "checked by a terminologist before any use outside research."
+)
+
+SEG_LABELS: tuple[dict[str, Any], ...] = (
+    {"index": 0, "name": "background", "display": "Background / no tumour", "snomed_ct": None},
+    {
+        "index": 1,
+        "name": "core",
+        "display": "Necrotic or non-enhancing tumour core (BraTS NCR/NET)",
+        "brats_label": 1,
+        "snomed_ct": {
+            "code": "6574001",
+            "display": "Necrosis (morphologic abnormality)",
+            "note": "covers the necrotic part only; non-enhancing solid tumour has no single "
+            "better concept here",
+        },
+    },
+    {
+        "index": 2,
+        "name": "oedema",
+        "display": "Peritumoural oedema (BraTS ED)",
+        "brats_label": 2,
+        "snomed_ct": {"code": "2218006", "display": "Cerebral edema (disorder)"},
+    },
+    {
+        "index": 3,
+        "name": "enhancing",
+        "display": "Enhancing tumour (BraTS ET; label 4 in BraTS 2019-2021 files, 3 in 2023)",
+        "brats_label": 4,
+        "snomed_ct": {
+            "code": "108369006",
+            "display": "Neoplasm (morphologic abnormality)",
+            "note": "no pre-coordinated concept for 'contrast-enhancing tumour'; the "
+            "enhancement is an imaging property, recorded in 'display'",
+        },
+    },
+)
+
+TYPE_LABELS: tuple[dict[str, Any], ...] = (
+    {
+        "name": "healthy",
+        "display": "No tumour",
+        "snomed_ct": {"code": "260413007", "display": "None (qualifier value)"},
+    },
+    {
+        "name": "hgg",
+        "display": "High-grade glioma",
+        "snomed_ct": {
+            "code": "393563007",
+            "display": "Glioma (disorder)",
+            "note": "no high-grade-specific concept chosen: the grade is carried by "
+            "'display' and the grade output; a terminologist should pick a grade qualifier",
+        },
+    },
+    {
+        "name": "lgg",
+        "display": "Low-grade glioma",
+        "snomed_ct": {
+            "code": "393563007",
+            "display": "Glioma (disorder)",
+            "note": "no low-grade-specific concept chosen: the grade is carried by "
+            "'display' and the grade output; a terminologist should pick a grade qualifier",
+        },
+    },
+    {
+        "name": "metastasis",
+        "display": "Metastatic neoplasm to brain",
+        "snomed_ct": {"code": "94225005", "display": "Metastatic malignant neoplasm to brain"},
+    },
+    {
+        "name": "meningioma",
+        "display": "Meningioma",
+        "snomed_ct": {"code": "302820008", "display": "Intracranial meningioma (disorder)"},
+    },
+    {
+        "name": "pituitary",
+        "display": "Pituitary adenoma",
+        "snomed_ct": {"code": "254956000", "display": "Pituitary adenoma (disorder)"},
+    },
+)
+
+
+def export_onnx(model: TumourNet3d, path: Path, shape: tuple[int, int, int]) -> None:
+    model.eval()
+    dummy = torch.zeros(1, model.config.in_channels, *shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(
+        model,
+        (dummy,),
+        str(path),
+        input_names=[INPUT_NAME],
+        output_names=list(OUTPUT_NAMES),
+        dynamic_axes={name: {0: "N"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
+        opset_version=OPSET,
+        do_constant_folding=True,
+        dynamo=False,
+    )
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    if path.stat().st_size > MAX_BYTES:
+        raise RuntimeError(f"{path} is larger than {MAX_BYTES} bytes")
+
+
+def verify_onnx(
+    model: TumourNet3d, path: Path, inputs: NDArray[np.float32], threads: int = 2
+) -> dict[str, float]:
+    """Max |ORT - torch| per output (fp32, CPU); raises above the export tolerance. Also checks
+    the CAM recipe: mean(sum_c W F) + b == type_logits."""
+    session = create_session(path, threads=threads, prefer_gpu=False)
+    ort_out = session.run(list(OUTPUT_NAMES), {INPUT_NAME: inputs})
+    with torch.no_grad():
+        torch_out = [t.numpy() for t in model.eval()(torch.from_numpy(inputs))]
+    diffs = {
+        name: float(np.abs(np.asarray(a) - b).max())
+        for name, a, b in zip(OUTPUT_NAMES, ort_out, torch_out, strict=True)
+    }
+    weights = model.type_head.weight.detach().numpy()
+    bias = model.type_head.bias.detach().numpy()
+    feats = np.asarray(ort_out[2])
+    rebuilt = np.einsum("ncxyz,kc->nkxyz", feats, weights).mean(axis=(2, 3, 4)) + bias
+    diffs["cam_rebuilt_type_logits"] = float(np.abs(rebuilt - np.asarray(ort_out[1])).max())
+    if max(diffs.values()) > TOLERANCE:
+        raise RuntimeError(f"ONNX Runtime differs from PyTorch by {diffs} (> {TOLERANCE})")
+    return diffs
+
+
+def build_card(
+    *,
+    name: str,
+    version: str,
+    onnx_path: Path,
+    model: TumourNet3d,
+    ckpt: dict[str, Any],
+    verification: dict[str, Any],
+) -> dict[str, Any]:
+    train = ckpt.get("train", {})
+    grid = GridSpec.from_dict(train.get("grid", GridSpec().to_dict()))
+    bottleneck = [s // 2 ** (model.config.levels - 1) for s in grid.shape]
+    return {
+        "schema": "tumorlens.model-card-3d/1",
+        "name": name,
+        "version": version,
+        "task": "3D brain MRI: tumour sub-region segmentation (BraTS labels) + tumour type / "
+        "glioma grade, one network with two heads",
+        "file": onnx_path.name,
+        "sha256": sha256_file(onnx_path),
+        "size_bytes": onnx_path.stat().st_size,
+        "format": {"onnx_opset": OPSET, "ir_version": onnx.load(str(onnx_path)).ir_version},
+        "intended_use": (
+            "Research use only, not for diagnosis. Not a medical device; outputs must not inform "
+            "patient care. Trained ONLY on synthetic phantoms (tumorlens_train.phantoms, built "
+            "on the MNI ICBM152 template); performance on real MRI is unknown and, from one "
+            "real case looked at, poor (see limitations)."
+        ),
+        "inputs": [
+            {
+                "name": INPUT_NAME,
+                "dtype": "float32",
+                "shape": ["N", len(SEQUENCES), *grid.shape],
+                "channels": list(SEQUENCES),
+                "channel_meaning": "T1, T1 post-contrast (T1c), T2, T2-FLAIR",
+                "grid": grid.to_dict(),
+                "orientation": "RAS (x: left->right, y: posterior->anterior, z: inferior->"
+                "superior), axis-aligned in the study's own scanner/world coordinates",
+                "preprocessing": {
+                    "function": "tumorlens.inference.preprocess3d.preprocess_files",
+                    "resample": f"trilinear by physical coordinates (each file's affine) onto "
+                    f"an isotropic {grid.spacing} mm grid of {list(grid.shape)} voxels",
+                    "placement": "centred on the reference sequence's foreground bounding box "
+                    "in x and y; top of the grid top_margin_mm above the highest foreground "
+                    "voxel (reference: t1ce, else flair, t2, t1)",
+                    "normalisation": "per-channel z-score over the union foreground mask, 0 "
+                    f"outside, clipped to +-{grid.clip}",
+                    "missing_sequence": "all-zero channel (no presence mask input)",
+                },
+                "supported_sequence_subsets": {
+                    "measured": "all four (t1, t1ce, t2, flair); see metrics for others if listed",
+                    "trained_with_dropout": "each channel dropped with p=0.15, at most two, "
+                    "never t1ce+t2+flair together; such subsets run but are not validated "
+                    "unless listed in metrics",
+                },
+            }
+        ],
+        "outputs": [
+            {
+                "name": "seg_logits",
+                "shape": ["N", len(SEG_CLASSES), *grid.shape],
+                "meaning": "per-voxel logits over segmentation_labels on the model grid; "
+                "softmax, resample probabilities to the study grid (trilinear), argmax "
+                "(tumorlens.inference.preprocess3d.probabilities_to_native)",
+            },
+            {
+                "name": "type_logits",
+                "shape": ["N", len(TYPE_CLASSES)],
+                "meaning": "tumour type logits over labels; grade P(HGG) = p_hgg / (p_hgg + "
+                "p_lgg) (only meaningful for gliomas)",
+            },
+            {
+                "name": "type_features",
+                "shape": [
+                    "N",
+                    model.config.type_head_width or model.config.widths[-1],
+                    *bottleneck,
+                ],
+                "meaning": "the maps the type head averages (conv type head on the bottleneck "
+                "when type_head_width > 0): input for class activation maps (CAM)",
+            },
+        ],
+        "segmentation_labels": list(SEG_LABELS),
+        "regions": {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]},
+        "labels": [{"index": i, **lb} for i, lb in enumerate(TYPE_LABELS)],
+        "snomed_ct_note": SNOMED_NOTE,
+        "cam": {
+            "recipe": "CAM_k = sum_c weights[k][c] * type_features[n, c]; type_logits[n, k] = "
+            "mean_xyz(CAM_k) + bias[k]",
+            "weights": model.type_head.weight.detach().numpy().astype(float).tolist(),
+            "bias": model.type_head.bias.detach().numpy().astype(float).tolist(),
+            "stride_voxels": 2 ** (model.config.levels - 1),
+        },
+        "architecture": {
+            "name": "TumourNet3d (3D U-Net, instance norm; type head: conv + ReLU on the "
+            "bottleneck, GAP + linear)",
+            "parameters": count_parameters(model),
+            **model.config.to_dict(),
+        },
+        "training": {
+            "data": train.get("data"),
+            "split": {
+                "train": "phantom dataset seed 0 (case seeds SeedSequence([0, i])), all but "
+                "the last val_count cases",
+                "validation": "last val_count cases of the training folder (checkpoint "
+                "selection only)",
+                "held_out_test": "phantom dataset seed 100000 (case seeds SeedSequence("
+                "[100000, i])), never used for training or selection",
+            },
+            "steps": ckpt.get("step"),
+            "validation_at_best": ckpt.get("val"),
+            "type_head_stage2": {
+                k: v for k, v in (ckpt.get("type_head_stage2") or {}).items() if k != "history"
+            },
+            "config": {k: v for k, v in train.items() if k not in ("data",)},
+            "loss": "cross-entropy + soft Dice on WT/TC/ET regions; type cross-entropy x "
+            f"{train.get('type_weight')}",
+            "optimiser": "AdamW, cosine LR over the step/time budget, 50-step warm-up",
+            "torch": torch.__version__,
+            "platform": platform.machine(),
+        },
+        "verification": verification,
+        "limitations": [
+            "Synthetic training data only: phantoms share one template anatomy and a simple "
+            "signal model; real scanners, artefacts and anatomy differ.",
+            "Model grid 3 mm: thin structures (enhancing rims) are blurred; Dice is measured "
+            "at the label file's native resolution after resampling back.",
+            "Grid placement from the head foreground only, no registration; tilted or "
+            "partially covered heads are placed approximately.",
+            "One real study looked at (TCGA-FG-6692, lower-grade glioma, full head, "
+            "0.9x0.9x5.5 mm, scanner space): the model labelled ~25 ml as 'enhancing' only in "
+            "wrong places (skull base, orbits, occipital scalp/soft tissue in the lowest slices), "
+            "nothing at the right frontal FLAIR-hyperintense lesion, and typed it meningioma "
+            "(p=0.37; glioma classes ~0.10 in total). Do not run it on real studies expecting "
+            "useful output.",
+        ],
+    }
+
+
+def export_checkpoint(
+    *,
+    checkpoint: Path,
+    out_dir: Path,
+    name: str,
+    version: str,
+    heldout: Path | None = None,
+    threads: int = 2,
+    verify_real: NDArray[np.float32] | None = None,
+) -> Path:
+    """``best.pt`` -> ``<out>/<name>.onnx`` + ``<out>/<name>.json``; returns the card path."""
+    model, ckpt = load_net(str(checkpoint))
+    grid = GridSpec.from_dict(ckpt.get("train", {}).get("grid", GridSpec().to_dict()))
+    onnx_path = out_dir / f"{name}.onnx"
+    card_path = out_dir / f"{name}.json"
+    export_onnx(model, onnx_path, grid.shape)
+    rng = np.random.default_rng(0)
+    random = rng.standard_normal((2, model.config.in_channels, *grid.shape)).astype(np.float32)
+    verification: dict[str, Any] = {
+        "tolerance": TOLERANCE,
+        "max_abs_diff_random": verify_onnx(model, onnx_path, random, threads),
+        "onnxruntime": ort.__version__,
+    }
+    if verify_real is not None:
+        verification["max_abs_diff_real"] = verify_onnx(model, onnx_path, verify_real, threads)
+    log.info("ONNX Runtime matches PyTorch: %s", verification)
+    card = build_card(
+        name=name,
+        version=version,
+        onnx_path=onnx_path,
+        model=model,
+        ckpt=ckpt,
+        verification=verification,
+    )
+    card_path.write_text(json.dumps(card, indent=1) + "\n")
+    if heldout is not None and heldout.is_dir():
+        from tumorlens.evaluation.volumes import evaluate_volumes
+
+        report, _ = evaluate_volumes(heldout, card_path, out_dir, threads=threads)
+        metrics = report.to_dict()
+        metrics.pop("cases", None)
+        metrics["dataset"] = str(heldout)
+        metrics["runtime"] = f"onnxruntime {ort.__version__} CPU, {threads} threads, batch 1"
+        card["metrics"] = {"held_out_phantoms_all_sequences": metrics}
+        card_path.write_text(json.dumps(card, indent=1) + "\n")
+    return card_path

@@ -1,0 +1,165 @@
+"""Data for the 3D models: phantoms (generated from seeds on the fly, or read from a BraTS-layout
+folder) and real BraTS 2019/2020 (``HGG/``, ``LGG/``), 2021 and 2023 folders.
+
+Every source goes through the runtime's own preprocessing
+(:func:`tumorlens.inference.preprocess3d.preprocess_arrays` / ``preprocess_files``: resample to
+the model grid by physical coordinates, vertex-anchored placement, per-channel z-score in the
+foreground) and :func:`labels_to_grid` for the labels, so training and the service see identical
+inputs. Prepared cases are cached as ``.npz`` (float16 images, uint8 labels) because
+preprocessing (~0.5-1.5 s per case) would otherwise dominate a CPU training step.
+
+Sequence dropout (training only): each of the four channels is zeroed with probability
+``p_drop`` (at most two at a time, and never all of T1c/FLAIR/T2 together), with **no** extra
+channel-present mask input: a missing sequence is simply an all-zero channel, which is also what
+the runtime feeds when a study lacks it. Subsets seen in training: all four; any one or two
+dropped (so e.g. {T1c, FLAIR}, {T1, T1c, FLAIR}, {T2, FLAIR, T1c}); only the full set (and the
+subsets measured in the card) have held-out metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from tqdm import tqdm
+
+from tumorlens.evaluation.volumes import CaseFiles, find_cases, load_labels
+from tumorlens.inference.preprocess3d import (
+    SEQUENCES,
+    GridSpec,
+    labels_to_grid,
+    preprocess_arrays,
+    preprocess_files,
+)
+from tumorlens_train.nets3d import TYPE_CLASSES
+
+log = logging.getLogger(__name__)
+
+#: Case type -> index in TYPE_CLASSES; -1 when unknown (no type loss for that case).
+UNKNOWN = -1
+
+
+def type_index(name: str | None) -> int:
+    return TYPE_CLASSES.index(name) if name in TYPE_CLASSES else UNKNOWN
+
+
+@dataclass
+class Prepared:
+    image: NDArray[np.float16]  # (4, X, Y, Z)
+    labels: NDArray[np.uint8]  # (X, Y, Z) internal labels
+    type_index: int
+    case_id: str
+
+
+def prepare_case(case: CaseFiles, spec: GridSpec) -> Prepared:
+    """One BraTS-layout case (phantom or real) -> model grid."""
+    prepared = preprocess_files(case.images, spec)
+    seg, seg_affine = load_labels(case)
+    labels = labels_to_grid(seg, seg_affine, prepared.affine, spec.shape)
+    return Prepared(
+        prepared.image.astype(np.float16), labels, type_index(case.tumour_type), case.case_id
+    )
+
+
+def prepare_phantom(seed: int, tumour_type: str | None, spec: GridSpec, **config: Any) -> Prepared:
+    """Generate a phantom in memory (no files) and bring it to the model grid."""
+    from tumorlens_train.phantoms import PhantomConfig, generate_case
+
+    phantom = generate_case(seed, tumour_type, PhantomConfig(**config))
+    arrays = {s: (phantom.images[s], phantom.affine) for s in SEQUENCES}
+    prepared = preprocess_arrays(arrays, spec)
+    labels = labels_to_grid(phantom.seg, phantom.affine, prepared.affine, spec.shape)
+    return Prepared(
+        prepared.image.astype(np.float16),
+        labels,
+        type_index(phantom.metadata["tumour_type"]),
+        f"seed_{seed}",
+    )
+
+
+def _cache_one(job: tuple[CaseFiles, GridSpec, Path]) -> str:
+    case, spec, path = job
+    if not path.exists():
+        p = prepare_case(case, spec)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, image=p.image, labels=p.labels, type_index=p.type_index)
+        tmp.replace(path)
+    return case.case_id
+
+
+def build_cache(root: Path, cache_dir: Path, spec: GridSpec, workers: int = 1) -> list[Path]:
+    """Prepare every case under ``root`` into ``cache_dir/<case>.npz`` (kept between runs)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cases = find_cases(root)
+    jobs = [(c, spec, cache_dir / f"{c.case_id}.npz") for c in cases]
+    todo = [j for j in jobs if not j[2].exists()]
+    if todo:
+        if workers > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                list(tqdm(pool.map(_cache_one, todo), total=len(todo), desc="prepare"))
+        else:
+            for job in tqdm(todo, desc="prepare"):
+                _cache_one(job)
+    return [j[2] for j in jobs]
+
+
+def load_cached(paths: list[Path]) -> list[Prepared]:
+    out = []
+    for path in paths:
+        with np.load(path) as data:
+            out.append(Prepared(data["image"], data["labels"], int(data["type_index"]), path.stem))
+    return out
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    p_flip: float = 0.5  # left-right
+    max_shift_vox: int = 4  # random translation (wraps; the grid margin is background)
+    intensity_scale: float = 0.1  # per-channel z * U(1-s, 1+s) + U(-s, s)
+    p_drop: float = 0.15  # per-channel sequence dropout
+
+
+def augment(
+    image: NDArray[Any], labels: NDArray[np.uint8], rng: np.random.Generator, cfg: AugmentConfig
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    x = image.astype(np.float32)
+    y = labels.astype(np.int64)
+    if rng.random() < cfg.p_flip:
+        x, y = x[:, ::-1], y[::-1]
+    if cfg.max_shift_vox:
+        shift = tuple(int(v) for v in rng.integers(-cfg.max_shift_vox, cfg.max_shift_vox + 1, 3))
+        x = np.roll(x, shift, axis=(1, 2, 3))
+        y = np.roll(y, shift, axis=(0, 1, 2))
+    s = cfg.intensity_scale
+    nonzero = x != 0
+    scale = rng.uniform(1 - s, 1 + s, (4, 1, 1, 1)).astype(np.float32)
+    offset = rng.uniform(-s, s, (4, 1, 1, 1)).astype(np.float32)
+    x = np.where(nonzero, x * scale + offset, 0.0).astype(np.float32)
+    drop = rng.random(4) < cfg.p_drop
+    if drop.sum() > 2 or drop[1:].all():
+        drop[:] = False
+    x[drop] = 0.0
+    return np.ascontiguousarray(x), np.ascontiguousarray(y)
+
+
+def batches(
+    cases: list[Prepared], batch_size: int, rng: np.random.Generator, cfg: AugmentConfig
+) -> Any:
+    """Endless shuffled, augmented batches ``(x, y_seg, y_type)`` as numpy arrays."""
+    while True:
+        order = rng.permutation(len(cases))
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            items = [
+                augment(cases[i].image, cases[i].labels, rng, cfg)
+                for i in order[start : start + batch_size]
+            ]
+            yield (
+                np.stack([a for a, _ in items]),
+                np.stack([b for _, b in items]),
+                np.array([cases[i].type_index for i in order[start : start + batch_size]]),
+            )

@@ -1,0 +1,484 @@
+"""Evaluate the 3D models (ONNX + card) on BraTS-layout cases: segmentation Dice/HD95 for WT, TC
+and ET, grade (HGG vs LGG) AUC/accuracy and tumour-type accuracy. No torch.
+
+Case layouts found under ``DIR`` (searched two folders deep):
+
+* BraTS 2019/2020 and the phantoms: ``<id>/<id>_{t1,t1ce,t2,flair,seg}.nii.gz`` (optionally under
+  ``HGG/`` and ``LGG/``, which give the grade); seg label 4 = enhancing.
+* BraTS 2021: ``BraTS2021_xxxxx/BraTS2021_xxxxx_{t1,t1ce,t2,flair,seg}.nii.gz``; label 4.
+* BraTS 2023: ``BraTS-GLI-xxxxx-000/BraTS-GLI-xxxxx-000-{t1n,t1c,t2w,t2f,seg}.nii.gz``; label 3.
+
+Phantom ``meta.json`` (or the dataset's ``cases.json``) gives the type and grade. A case that
+cannot be read (missing or unreadable file, image/label shape mismatch) is skipped with a message
+naming the file and counted in the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from tumorlens.errors import TumorlensError
+from tumorlens.evaluation.metrics import confusion_matrix, roc_auc
+from tumorlens.evaluation.seg_metrics import REGIONS, dice, hd95, region_mask
+from tumorlens.inference.preprocess3d import (
+    SEQUENCES,
+    VolumeCard,
+    VolumeError,
+    load_nifti,
+    load_volume_card,
+    preprocess_files,
+    probabilities_to_native,
+    softmax,
+)
+from tumorlens.inference.session import create_session
+
+log = logging.getLogger(__name__)
+
+#: File suffixes per layout: model sequence -> file suffix (after ``<id>_`` or ``<id>-``).
+LAYOUTS: dict[str, tuple[str, dict[str, str], int]] = {
+    # name: (separator, {sequence: suffix, "seg": suffix}, enhancing label in the file)
+    "brats2020": ("_", {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair", "seg": "seg"}, 4),
+    "brats2023": ("-", {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f", "seg": "seg"}, 3),
+}
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+class EvaluationDataError(TumorlensError):
+    """The evaluation folder holds no usable case."""
+
+
+@dataclass
+class CaseFiles:
+    case_id: str
+    layout: str
+    images: dict[str, Path]  # sequence -> file (missing sequences absent)
+    seg: Path | None
+    enhancing_label: int
+    grade: str | None = None  # "HGG" / "LGG" / None
+    tumour_type: str | None = None
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    for suffix in NIFTI_SUFFIXES:
+        path = folder / f"{stem}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+def _case_in(folder: Path) -> CaseFiles | None:
+    for layout, (sep, names, enhancing) in LAYOUTS.items():
+        found = {
+            kind: _find(folder, f"{folder.name}{sep}{suffix}") for kind, suffix in names.items()
+        }
+        images = {s: p for s in SEQUENCES if (p := found[s]) is not None}
+        if images:
+            return CaseFiles(folder.name, layout, images, found["seg"], enhancing)
+    return None
+
+
+def _read_meta(folder: Path, index: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    meta_file = folder / "meta.json"
+    if meta_file.is_file():
+        try:
+            data = json.loads(meta_file.read_text())
+            if isinstance(data, dict):
+                return data
+        except (OSError, json.JSONDecodeError):
+            log.warning("cannot read %s; type and grade unknown", meta_file)
+    return index.get(folder.name, {})
+
+
+def find_cases(root: Path) -> list[CaseFiles]:
+    """All cases under ``root`` (the folder itself, its children and grandchildren)."""
+    if not root.is_dir():
+        raise EvaluationDataError(f"{root} is not a directory")
+    index: dict[str, dict[str, Any]] = {}
+    cases_json = root / "cases.json"
+    if cases_json.is_file():
+        try:
+            index = {c["case_id"]: c for c in json.loads(cases_json.read_text())["cases"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("cannot read %s", cases_json)
+    folders = [root, *sorted(p for p in root.iterdir() if p.is_dir())]
+    folders += [g for f in folders[1:] for g in sorted(p for p in f.iterdir() if p.is_dir())]
+    cases: list[CaseFiles] = []
+    for folder in folders:
+        case = _case_in(folder)
+        if case is None:
+            continue
+        meta = _read_meta(folder, index)
+        grade = meta.get("grade")
+        parent = folder.parent.name.upper()
+        if grade is None and parent in ("HGG", "LGG"):
+            grade = parent
+        case.grade = str(grade) if grade else None
+        ttype = meta.get("tumour_type")
+        if ttype is None and case.grade in ("HGG", "LGG"):
+            ttype = case.grade.lower()
+        case.tumour_type = str(ttype) if ttype else None
+        cases.append(case)
+    return cases
+
+
+def load_labels(case: CaseFiles) -> tuple[NDArray[np.uint8], NDArray[np.float64]]:
+    """The case's label map in internal labels (0 bg, 1 core, 2 oedema, 3 enhancing)."""
+    if case.seg is None:
+        raise VolumeError(f"{case.case_id}: no label file")
+    data, affine = load_nifti(case.seg)
+    seg = np.rint(data).astype(np.int16)
+    out = np.zeros(seg.shape, np.uint8)
+    out[seg == 1] = 1
+    out[seg == 2] = 2
+    out[seg == case.enhancing_label] = 3
+    unknown = set(np.unique(seg).tolist()) - {0, 1, 2, case.enhancing_label}
+    if unknown:
+        raise VolumeError(f"{case.seg}: unexpected labels {sorted(unknown)}")
+    return out, affine
+
+
+# --- running the model -------------------------------------------------------------------------
+
+
+@dataclass
+class VolumePrediction:
+    labels: NDArray[np.uint8]  # on the reference (native) grid
+    type_probs: NDArray[np.float32]  # (K,)
+    grid_probs: NDArray[np.float32]  # (4, X, Y, Z) on the model grid
+    grid_affine: NDArray[np.float64]
+    seconds: float
+
+
+class VolumeModel:
+    """An ONNX 3D model with its card; ``predict`` takes sequence files."""
+
+    def __init__(self, model: str | Path, models_dir: Path, threads: int = 0) -> None:
+        self.path, self.card = load_volume_card(model, models_dir)
+        self.session = create_session(self.path, threads=threads)
+
+    @property
+    def card_(self) -> VolumeCard:
+        return self.card
+
+    def run_grid(
+        self, image: NDArray[np.float32]
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Model-grid input ``(C, X, Y, Z)`` -> (seg probabilities (4, X, Y, Z), type probs)."""
+        seg_logits, type_logits = self.session.run(
+            ["seg_logits", "type_logits"], {self.card.input_name: image[None]}
+        )
+        return softmax(np.asarray(seg_logits)[0], axis=0), softmax(np.asarray(type_logits)[0])
+
+    def predict(
+        self,
+        images: dict[str, Path],
+        native_affine: NDArray[np.float64],
+        native_shape: Sequence[int],
+    ) -> VolumePrediction:
+        started = time.perf_counter()
+        prepared = preprocess_files(images, self.card.grid)
+        probs, type_probs = self.run_grid(prepared.image)
+        labels = probabilities_to_native(probs, prepared.affine, native_affine, native_shape)
+        return VolumePrediction(
+            labels, type_probs, probs, prepared.affine, time.perf_counter() - started
+        )
+
+
+# --- the evaluation ------------------------------------------------------------------------------
+
+
+@dataclass
+class CaseResult:
+    case_id: str
+    dice: dict[str, float]
+    hd95: dict[str, float]
+    grade: str | None
+    tumour_type: str | None
+    predicted_type: str
+    p_hgg: float  # P(HGG) / (P(HGG) + P(LGG))
+    seconds: float
+
+
+@dataclass
+class VolumeReport:
+    model: str
+    n_cases: int
+    n_skipped: int
+    skipped: list[dict[str, str]]
+    cases: list[CaseResult] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        def clean(v: Any) -> Any:
+            if isinstance(v, float):
+                return None if not np.isfinite(v) else round(v, 5)
+            if isinstance(v, dict):
+                return {k: clean(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [clean(x) for x in v]
+            return v
+
+        out: dict[str, Any] = clean(
+            {
+                "model": self.model,
+                "n_cases": self.n_cases,
+                "n_skipped": self.n_skipped,
+                "skipped": self.skipped,
+                "summary": self.summary,
+                "cases": [vars(c) for c in self.cases],
+            }
+        )
+        return out
+
+
+def _mean(values: Sequence[float]) -> float:
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def summarise(results: Sequence[CaseResult], type_labels: Sequence[str]) -> dict[str, Any]:
+    """Means over cases (a region absent in both truth and prediction is Dice 1, HD95 0, as in
+    BraTS; a region absent in exactly one gives Dice 0 and HD95 nan, left out of the HD95 mean
+    and counted in ``hd95_undefined``)."""
+    summary: dict[str, Any] = {}
+    for region in REGIONS:
+        summary[f"dice_{region}"] = _mean([r.dice[region] for r in results])
+        summary[f"hd95_{region}_mm"] = _mean([r.hd95[region] for r in results])
+        summary[f"hd95_{region}_undefined"] = sum(
+            1 for r in results if not np.isfinite(r.hd95[region])
+        )
+        tumour = [r for r in results if r.tumour_type not in (None, "healthy")]
+        summary[f"dice_{region}_tumour_cases"] = _mean([r.dice[region] for r in tumour])
+    graded = [r for r in results if r.grade in ("HGG", "LGG")]
+    if graded:
+        is_hgg = np.array([r.grade == "HGG" for r in graded])
+        p = np.array([r.p_hgg for r in graded])
+        summary["grade_n"] = len(graded)
+        summary["grade_auc"] = roc_auc(p, is_hgg)
+        summary["grade_accuracy"] = float(np.mean((p >= 0.5) == is_hgg))
+    typed = [r for r in results if r.tumour_type in type_labels]
+    if typed:
+        truth = [type_labels.index(str(r.tumour_type)) for r in typed]
+        pred = [type_labels.index(r.predicted_type) for r in typed]
+        cm = confusion_matrix(truth, pred, len(type_labels))
+        summary["type_n"] = len(typed)
+        summary["type_accuracy"] = float(np.trace(cm) / cm.sum())
+        summary["type_labels"] = list(type_labels)
+        summary["type_confusion"] = cm.tolist()
+    seconds = [r.seconds for r in results]
+    summary["seconds_per_case_median"] = float(np.median(seconds)) if seconds else float("nan")
+    return summary
+
+
+def evaluate_volumes(
+    root: Path,
+    model: str | Path,
+    models_dir: Path,
+    *,
+    threads: int = 0,
+    sequences: Sequence[str] | None = None,
+    limit: int = 0,
+) -> tuple[VolumeReport, list[VolumePrediction]]:
+    """Run the model over every case under ``root``; ``sequences`` restricts the inputs (to
+    measure a missing-sequence subset)."""
+    cases = find_cases(root)
+    if not cases:
+        raise EvaluationDataError(
+            f"no BraTS-layout case under {root} (expected <id>/<id>_flair.nii.gz or "
+            "<id>/<id>-t2f.nii.gz files)"
+        )
+    if limit:
+        cases = cases[:limit]
+    net = VolumeModel(model, models_dir, threads)
+    types = net.card.type_labels
+    results: list[CaseResult] = []
+    preds: list[VolumePrediction] = []
+    skipped: list[dict[str, str]] = []
+    for case in cases:
+        images = {s: p for s, p in case.images.items() if sequences is None or s in sequences}
+        try:
+            truth, seg_affine = load_labels(case)
+            for path in images.values():
+                shape = load_nifti(path)[0].shape
+                if shape != truth.shape:
+                    raise VolumeError(
+                        f"{path}: shape {shape} differs from the labels {truth.shape}"
+                    )
+            pred = net.predict(images, seg_affine, truth.shape)
+        except (VolumeError, TumorlensError) as exc:
+            log.warning("skipping %s: %s", case.case_id, exc)
+            skipped.append({"case": case.case_id, "reason": str(exc)})
+            continue
+        spacing = np.sqrt((seg_affine[:3, :3] ** 2).sum(axis=0))
+        dices = {r: dice(region_mask(pred.labels, r), region_mask(truth, r)) for r in REGIONS}
+        hds = {
+            r: hd95(region_mask(pred.labels, r), region_mask(truth, r), spacing) for r in REGIONS
+        }
+        probs = pred.type_probs
+        hgg = probs[types.index("hgg")] if "hgg" in types else np.float32(0)
+        lgg = probs[types.index("lgg")] if "lgg" in types else np.float32(0)
+        p_hgg = float(hgg / (hgg + lgg)) if hgg + lgg > 0 else 0.5
+        results.append(
+            CaseResult(
+                case.case_id,
+                dices,
+                hds,
+                case.grade,
+                case.tumour_type,
+                types[int(np.argmax(probs))] if types else "",
+                p_hgg,
+                pred.seconds,
+            )
+        )
+        preds.append(pred)
+        log.info("%s: %s", case.case_id, {k: round(v, 3) for k, v in dices.items()})
+    report = VolumeReport(str(net.path.name), len(results), len(skipped), skipped, results)
+    report.summary = summarise(results, types)
+    return report, preds
+
+
+def format_volume_table(report: VolumeReport) -> str:
+    s = report.summary
+    lines = [f"model {report.model}: {report.n_cases} cases, {report.n_skipped} skipped"]
+    for item in report.skipped:
+        lines.append(f"  skipped {item['case']}: {item['reason']}")
+    lines.append(f"{'region':8} {'Dice all':>9} {'Dice tumour':>11} {'HD95 mm':>8} {'HD95 n/a':>8}")
+    for region in REGIONS:
+        lines.append(
+            f"{region:8} {s.get(f'dice_{region}', float('nan')):9.3f} "
+            f"{s.get(f'dice_{region}_tumour_cases', float('nan')):11.3f} "
+            f"{s.get(f'hd95_{region}_mm', float('nan')):8.2f} "
+            f"{s.get(f'hd95_{region}_undefined', 0):8d}"
+        )
+    lines.append(
+        "(Dice tumour: cases whose type is not 'healthy'; HD95 n/a: region empty in "
+        "exactly one of truth and prediction)"
+    )
+    if "grade_auc" in s:
+        lines.append(
+            f"grade (HGG vs LGG, n={s['grade_n']}): AUC {s['grade_auc']:.3f}, "
+            f"accuracy {s['grade_accuracy']:.3f}"
+        )
+    if "type_accuracy" in s:
+        lines.append(f"type accuracy (n={s['type_n']}): {s['type_accuracy']:.3f}")
+    lines.append(f"median seconds per case: {s.get('seconds_per_case_median', float('nan')):.2f}")
+    return "\n".join(lines)
+
+
+# --- figures -------------------------------------------------------------------------------------
+
+#: RGBA per internal label for overlays (core red, oedema yellow, enhancing blue).
+OVERLAY_COLOURS: dict[int, tuple[float, float, float, float]] = {
+    1: (0.9, 0.1, 0.1, 0.55),
+    2: (1.0, 0.85, 0.0, 0.40),
+    3: (0.1, 0.4, 1.0, 0.60),
+}
+
+
+def _overlay_rgba(labels: NDArray[np.integer]) -> NDArray[np.float32]:
+    rgba = np.zeros((*labels.shape, 4), np.float32)
+    for label, colour in OVERLAY_COLOURS.items():
+        rgba[labels == label] = colour
+    return rgba
+
+
+def overlay_png(
+    background: NDArray[np.floating],
+    panels: Sequence[tuple[str, NDArray[np.integer]]],
+    path: Path,
+    *,
+    title: str = "",
+    slices: Sequence[int] | None = None,
+    aspect: float = 1.0,
+) -> Path:
+    """Axial slices (z, RAS arrays indexed x, y, z) of ``background`` with each label map of
+    ``panels`` drawn over it: one row per panel, one column per slice."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    bg = np.asarray(background, dtype=np.float32)
+    if slices is None:
+        tumour = np.zeros(bg.shape[2])
+        for _, lab in panels:
+            tumour = tumour + (np.asarray(lab) > 0).sum(axis=(0, 1))
+        centre = int(np.argmax(tumour)) if tumour.any() else bg.shape[2] // 2
+        step = max(1, bg.shape[2] // 16)
+        slices = [int(np.clip(centre + d * step, 0, bg.shape[2] - 1)) for d in (-2, -1, 0, 1, 2)]
+    lo, hi = np.percentile(bg[bg > 0], (1, 99.5)) if (bg > 0).any() else (0.0, 1.0)
+    fig = Figure(figsize=(2.6 * len(slices), 2.8 * len(panels)), layout="constrained")
+    for r, (name, lab) in enumerate(panels):
+        for c, z in enumerate(slices):
+            ax = fig.add_subplot(len(panels), len(slices), r * len(slices) + c + 1)
+            # RAS arrays: x -> columns (patient left on the image left, neurological view),
+            # y -> rows (anterior up); LAS files show patient right on the image left
+            ax.imshow(np.rot90(bg[:, :, z]), cmap="gray", vmin=lo, vmax=hi, aspect=aspect)
+            ax.imshow(np.rot90(_overlay_rgba(np.asarray(lab)[:, :, z])), aspect=aspect)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{name} z={z}", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def write_plots(
+    root: Path,
+    report: VolumeReport,
+    preds: Sequence[VolumePrediction],
+    out_dir: Path,
+    max_cases: int = 4,
+) -> list[Path]:
+    """Overlays (truth vs prediction over FLAIR) for the first cases, type confusion matrix and
+    grade ROC."""
+    from tumorlens.evaluation import plots
+
+    written: list[Path] = []
+    cases = {c.case_id: c for c in find_cases(root)}
+    for result, pred in list(zip(report.cases, preds, strict=True))[:max_cases]:
+        case = cases[result.case_id]
+        ref = case.images.get("flair") or next(iter(case.images.values()))
+        try:
+            flair, _ = load_nifti(ref)
+            truth, _ = load_labels(case)
+        except VolumeError as exc:
+            log.warning("no overlay for %s: %s", case.case_id, exc)
+            continue
+        title = (
+            f"{case.case_id} ({case.tumour_type}) predicted {result.predicted_type}; Dice "
+            + ", ".join(f"{k} {v:.2f}" for k, v in result.dice.items())
+        )
+        written.append(
+            overlay_png(
+                flair,
+                [("truth", truth), ("model", pred.labels)],
+                out_dir / f"overlay_{case.case_id}.png",
+                title=title,
+            )
+        )
+    s = report.summary
+    if "type_confusion" in s:
+        written.append(
+            plots.confusion_matrix_png(
+                np.asarray(s["type_confusion"], dtype=np.int64),
+                s["type_labels"],
+                out_dir / "type_confusion.png",
+            )
+        )
+    graded = [r for r in report.cases if r.grade in ("HGG", "LGG")]
+    if graded:
+        y = np.array([1 if r.grade == "HGG" else 0 for r in graded], dtype=np.int64)
+        p = np.array([[1 - r.p_hgg, r.p_hgg] for r in graded], dtype=np.float64)
+        written.append(plots.roc_png(y, p, ["LGG", "HGG"], out_dir / "grade_roc.png"))
+    return written

@@ -1,0 +1,139 @@
+"""``tumorlens evaluate volumes`` end to end on the shipped 3D model and three small generated
+phantoms (4 mm, so generation takes ~1 s), plus one broken case that must be skipped."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tumorlens.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+ZOO = REPO / "models/tumorlens_zoo"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not (ZOO / "tumour3d.onnx").is_file():
+        pytest.skip("shipped model models/tumorlens_zoo/tumour3d.onnx not built")
+    pytest.importorskip("nilearn", reason="phantom generation needs the template (nilearn)")
+    from tumorlens_train.phantoms import PhantomConfig, generate_case, write_case, write_index
+
+    root = tmp_path_factory.mktemp("volumes")
+    config = PhantomConfig(spacing=4.0, thick_slice_prob=0.0)
+    metas = [
+        write_case(generate_case(900_000 + i, ttype, config), root, f"case_{i}")
+        for i, ttype in enumerate(("hgg", "lgg", "meningioma"))
+    ]
+    write_index(root, metas)
+    # A broken copy: FLAIR truncated so it cannot be read.
+    shutil.copytree(root / "case_0", root / "broken")
+    for path in (root / "broken").iterdir():
+        path.rename(path.with_name(path.name.replace("case_0", "broken")))
+    flair = root / "broken" / "broken_flair.nii.gz"
+    flair.write_bytes(flair.read_bytes()[:200])
+    return root
+
+
+def test_evaluate_volumes_end_to_end(
+    cases: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_json = tmp_path / "metrics.json"
+    plots = tmp_path / "plots"
+    rc = main(
+        [
+            "evaluate",
+            "volumes",
+            str(cases),
+            "--json",
+            str(out_json),
+            "--plots",
+            str(plots),
+            "--threads",
+            "2",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "3 cases, 1 skipped" in captured.out
+    assert "broken_flair.nii.gz" in captured.out  # the message names the file
+
+    report = json.loads(out_json.read_text())
+    assert report["n_cases"] == 3 and report["n_skipped"] == 1
+    summary = report["summary"]
+    for key in ("dice_WT", "dice_TC", "dice_ET", "hd95_WT_mm", "type_accuracy", "grade_auc"):
+        assert key in summary
+    for key in ("dice_WT", "dice_TC", "dice_ET"):
+        assert 0.0 <= summary[key] <= 1.0
+    assert summary["grade_n"] == 2
+    assert {c["tumour_type"] for c in report["cases"]} == {"hgg", "lgg", "meningioma"}
+    pngs = sorted(p.name for p in plots.glob("*.png"))
+    assert "type_confusion.png" in pngs and "grade_roc.png" in pngs
+    assert any(name.startswith("overlay_") for name in pngs)
+
+
+def test_missing_sequence_subset_runs(cases: Path, tmp_path: Path) -> None:
+    out_json = tmp_path / "subset.json"
+    rc = main(
+        [
+            "evaluate",
+            "volumes",
+            str(cases),
+            "--sequences",
+            "t1ce,flair",
+            "--limit",
+            "2",  # "broken" (skipped) sorts first, then case_0
+            "--json",
+            str(out_json),
+        ]
+    )
+    assert rc == 0
+    report = json.loads(out_json.read_text())
+    assert report["n_cases"] == 1 and report["n_skipped"] == 1
+    assert np.isfinite(report["summary"]["dice_WT"])
+
+
+def _nifti(path: Path, data: np.ndarray) -> None:
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+
+
+def test_find_cases_reads_every_brats_layout(tmp_path: Path) -> None:
+    """BraTS 2019/2020 (HGG/LGG folders, label 4), 2021 (label 4) and 2023 (t1n/t1c/t2w/t2f,
+    label 3) layouts are all found, with grade and labels mapped to the internal ones."""
+    from tumorlens.evaluation.volumes import find_cases, load_labels
+
+    img = np.ones((4, 4, 4), np.float32)
+    seg4 = np.zeros((4, 4, 4), np.uint8)
+    seg4[0, 0, 0], seg4[1, 1, 1], seg4[2, 2, 2] = 1, 2, 4
+    seg3 = np.where(seg4 == 4, 3, seg4).astype(np.uint8)
+    for grade, cid in (("HGG", "BraTS20_Training_001"), ("LGG", "BraTS20_Training_002")):
+        for s in ("t1", "t1ce", "t2", "flair"):
+            _nifti(tmp_path / "b20" / grade / cid / f"{cid}_{s}.nii.gz", img)
+        _nifti(tmp_path / "b20" / grade / cid / f"{cid}_seg.nii.gz", seg4)
+    cid = "BraTS2021_00000"
+    for s in ("t1", "t1ce", "t2", "flair", "seg"):
+        _nifti(tmp_path / "b21" / cid / f"{cid}_{s}.nii.gz", seg4 if s == "seg" else img)
+    cid = "BraTS-GLI-00000-000"
+    for s in ("t1n", "t1c", "t2w", "t2f", "seg"):
+        _nifti(tmp_path / "b23" / cid / f"{cid}-{s}.nii.gz", seg3 if s == "seg" else img)
+
+    b20 = find_cases(tmp_path / "b20")
+    assert [(c.case_id, c.grade, c.tumour_type) for c in b20] == [
+        ("BraTS20_Training_001", "HGG", "hgg"),
+        ("BraTS20_Training_002", "LGG", "lgg"),
+    ]
+    (b21,) = find_cases(tmp_path / "b21")
+    (b23,) = find_cases(tmp_path / "b23")
+    assert b23.layout == "brats2023" and set(b23.images) == {"t1", "t1ce", "t2", "flair"}
+    for case in (b20[0], b21, b23):
+        labels, _ = load_labels(case)
+        assert labels[2, 2, 2] == 3 and labels[1, 1, 1] == 2 and labels[0, 0, 0] == 1

@@ -1,0 +1,84 @@
+"""A tiny 3D model trained a few steps on two coarse phantoms, exported to ONNX: ONNX Runtime
+must reproduce PyTorch within the export tolerance, and the card must describe the file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+
+from tumorlens.inference.preprocess3d import GridSpec, load_volume_card  # noqa: E402
+from tumorlens_train import export3d, train_volumes, volumes  # noqa: E402
+from tumorlens_train.nets3d import Net3dConfig  # noqa: E402
+
+GRID = GridSpec(spacing=8.0, shape=(24, 32, 24))
+
+
+@pytest.fixture(scope="module")
+def tiny_cases() -> list[volumes.Prepared]:
+    return [
+        volumes.prepare_phantom(seed, ttype, GRID, spacing=6.0, thick_slice_prob=0.0)
+        for seed, ttype in ((1, "hgg"), (2, "lgg"))
+    ]
+
+
+def test_prepared_phantom_is_normalised(tiny_cases: list[volumes.Prepared]) -> None:
+    case = tiny_cases[0]
+    assert case.image.shape == (4, *GRID.shape)
+    assert case.labels.shape == GRID.shape
+    assert case.type_index == 1
+    inside = case.image[0] != 0
+    assert abs(float(case.image[0][inside].astype(np.float32).mean())) < 0.05
+    assert (case.labels > 0).any(), "the tumour must survive resampling to the grid"
+
+
+def test_train_export_matches_torch(tmp_path: Path, tiny_cases: list[volumes.Prepared]) -> None:
+    cfg = train_volumes.TrainConfig(
+        work_dir=tmp_path / "work",
+        grid=GRID,
+        net=Net3dConfig(base=4, levels=3),
+        steps=3,
+        batch_size=2,
+        bf16=False,
+        threads=1,
+        val_every=3,
+    )
+    result = train_volumes.train(cfg, tiny_cases, tiny_cases[:1])
+    assert result["steps"] == 3
+    # Stage 2: conv type head on the frozen encoder; the segmentation weights must not move.
+    best = train_volumes.train_type_head(
+        cfg.work_dir / "best.pt",
+        cfg.work_dir / "best_type.pt",
+        tiny_cases,
+        tiny_cases,
+        width=4,
+        epochs=2,
+        threads=1,
+    )
+    assert 0.0 <= best["val_accuracy"] <= 1.0
+    stage1 = torch.load(cfg.work_dir / "best.pt", weights_only=False)["model"]
+    stage2 = torch.load(cfg.work_dir / "best_type.pt", weights_only=False)["model"]
+    assert torch.equal(stage1["seg_head.weight"], stage2["seg_head.weight"])
+    assert "type_conv.0.weight" in stage2
+    card_path = export3d.export_checkpoint(
+        checkpoint=cfg.work_dir / "best_type.pt",
+        out_dir=tmp_path / "zoo",
+        name="tiny3d",
+        version="0.0.1",
+        threads=1,
+        verify_real=np.stack([c.image.astype(np.float32) for c in tiny_cases]),
+    )
+    card = json.loads(card_path.read_text())
+    diffs = card["verification"]["max_abs_diff_real"]
+    assert max(diffs.values()) <= 1e-4
+    assert card["format"]["onnx_opset"] >= 17
+    model_path, loaded = load_volume_card(card_path, tmp_path)
+    assert model_path.stat().st_size < 50 * 1024 * 1024
+    assert loaded.grid == GRID
+    assert loaded.type_labels[1:3] == ("hgg", "lgg")
+    assert "research use only" in card["intended_use"].lower()
