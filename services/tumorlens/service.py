@@ -202,3 +202,11 @@ def run_listener_side(backend: Backend, shutdown: ShutdownSignal, worker: bool) 
             status.stop(grace=2).wait()
         log.info("stopped in %.1f s", time.monotonic() - started)
     return 0
+
+
+def run_service(settings: Settings, worker: bool) -> int:
+    """``serve`` (worker=True) or ``listen``: run until SIGTERM/SIGINT, then stop in order."""
+    shutdown = ShutdownSignal()
+    shutdown.install()
+    with open_backend(settings) as backend:
+        return run_listener_side(backend, shutdown, worker=worker)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from tumorlens.commands.common import add_service_options, settings_from_args
-from tumorlens.service import ShutdownSignal, open_backend, run_listener_side
+from tumorlens.service import run_service
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -18,8 +18,4 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
-    shutdown = ShutdownSignal()
-    shutdown.install()
-    with open_backend(settings) as backend:
-        return run_listener_side(backend, shutdown, worker=True)
+    return run_service(settings_from_args(args), worker=True)
