@@ -22,8 +22,8 @@ _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 def die_with_parent() -> None:
     """Ask the kernel for SIGTERM when our parent dies, so a killed ``serve`` leaves no orphans.
 
-    SIGTERM, not SIGKILL: Redis then saves, and a Celery worker requeues its task. Used as a
-    ``preexec_fn`` (a single syscall, safe after fork) or at the start of a supervised child.
+    SIGTERM, not SIGKILL: a Celery worker then requeues its task. Called at the start of a
+    supervised child (the embedded Redis gets the same from util-linux's ``setpriv``).
     """
     if _LIBC is not None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import subprocess
 import tempfile
 import time
@@ -17,7 +18,6 @@ from types import TracebackType
 
 import redis
 
-from tumorlens.childproc import die_with_parent
 from tumorlens.errors import ConfigurationError, JobStoreUnavailableError
 
 log = logging.getLogger(__name__)
@@ -82,12 +82,18 @@ class EmbeddedRedis:
         )
         conf = self.dir / "redis.conf"
         conf.write_text(config + "\n")
+        command = [str(redis_server_binary()), str(conf)]
+        setpriv = shutil.which("setpriv")
+        if setpriv:
+            # SIGTERM (a clean save) if the process that started us dies, so a killed
+            # service leaves no Redis behind. util-linux's setpriv, not a preexec_fn: Python
+            # code between fork and exec breaks gRPC's fork handlers in this process.
+            command = [setpriv, "--pdeathsig", "TERM", "--", *command]
         self._process = subprocess.Popen(
-            [str(redis_server_binary()), str(conf)],
+            command,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            preexec_fn=die_with_parent,  # noqa: PLW1509 - one prctl syscall, see childproc
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
