@@ -68,27 +68,43 @@ LABELS: tuple[dict[str, Any], ...] = (
 )
 
 
-def export_onnx(model: SliceNet, path: Path, size: int, opset: int = OPSET) -> None:
-    """TorchScript-based exporter: no onnxscript dependency, dynamic batch axis."""
+def export_module(
+    model: torch.nn.Module,
+    dummy: torch.Tensor,
+    path: Path,
+    *,
+    input_name: str,
+    output_names: tuple[str, ...],
+    opset: int = OPSET,
+) -> None:
+    """TorchScript-based export with a dynamic batch axis, then the full ONNX checker.
+
+    The TorchScript exporter is chosen on purpose: the dynamo one needs onnxscript.
+    """
     model.eval()
-    dummy = torch.zeros(1, model.config.in_channels, size, size)
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
-        # The TorchScript exporter is chosen on purpose (the dynamo one needs onnxscript).
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             model,
             (dummy,),
             str(path),
-            input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
-            dynamic_axes={name: {0: "N"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
+            input_names=[input_name],
+            output_names=list(output_names),
+            dynamic_axes={name: {0: "N"} for name in (input_name, *output_names)},
             opset_version=opset,
             do_constant_folding=True,
             dynamo=False,
         )
-    proto = onnx.load(str(path))
-    onnx.checker.check_model(proto, full_check=True)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+
+
+def export_onnx(model: SliceNet, path: Path, size: int, opset: int = OPSET) -> None:
+    """The 2D model: input [N, C, size, size]; outputs logits and CAM feature maps."""
+    dummy = torch.zeros(1, model.config.in_channels, size, size)
+    export_module(
+        model, dummy, path, input_name=INPUT_NAME, output_names=tuple(OUTPUT_NAMES), opset=opset
+    )
 
 
 def verify_onnx(

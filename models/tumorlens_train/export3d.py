@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from tumorlens.inference.card import sha256_file
 from tumorlens.inference.preprocess3d import SEQUENCES, GridSpec
 from tumorlens.inference.session import create_session
-from tumorlens_train.export import MAX_BYTES, OPSET, TOLERANCE
+from tumorlens_train.export import MAX_BYTES, OPSET, TOLERANCE, export_module
 from tumorlens_train.nets3d import SEG_CLASSES, TYPE_CLASSES, TumourNet3d, count_parameters
 from tumorlens_train.nets3d import load_checkpoint as load_net
 
@@ -113,21 +113,8 @@ TYPE_LABELS: tuple[dict[str, Any], ...] = (
 
 
 def export_onnx(model: TumourNet3d, path: Path, shape: tuple[int, int, int]) -> None:
-    model.eval()
     dummy = torch.zeros(1, model.config.in_channels, *shape)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(
-        model,
-        (dummy,),
-        str(path),
-        input_names=[INPUT_NAME],
-        output_names=list(OUTPUT_NAMES),
-        dynamic_axes={name: {0: "N"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
-        opset_version=OPSET,
-        do_constant_folding=True,
-        dynamo=False,
-    )
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    export_module(model, dummy, path, input_name=INPUT_NAME, output_names=tuple(OUTPUT_NAMES))
     if path.stat().st_size > MAX_BYTES:
         raise RuntimeError(f"{path} is larger than {MAX_BYTES} bytes")
 
