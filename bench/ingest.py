@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,7 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.helpers.service import ServeProcess, free_port  # noqa: E402
+from tests.helpers.dicom_peers import run_storescp  # noqa: E402
+from tests.helpers.service import ServeProcess  # noqa: E402
 from tests.helpers.volumes import synthetic_head  # noqa: E402
 from tumorlens.dicomio.make_study import make_study  # noqa: E402
 from tumorlens.identifiers import InstanceKey  # noqa: E402
@@ -55,31 +54,12 @@ def push(port: int, called: str, folder: Path) -> float:
     return elapsed
 
 
-def wait_for_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on port {port}")
-
-
-def run_storescp(folder: Path, work: Path) -> float:
-    port = free_port()
+def time_storescp(folder: Path, work: Path) -> float:
     out = Path(tempfile.mkdtemp(dir=work))
-    scp = subprocess.Popen(
-        ["storescp", "-aet", "STORESCP", "-od", str(out), str(port)],
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     try:
-        wait_for_port(port)
-        return push(port, "STORESCP", folder)
+        with run_storescp(out / "received") as scp:
+            return push(scp.port, scp.ae_title, folder)
     finally:
-        scp.send_signal(signal.SIGTERM)
-        scp.wait()
         shutil.rmtree(out, ignore_errors=True)
 
 
@@ -124,7 +104,7 @@ def main() -> int:
         ours: list[float] = []
         floor: list[float] = []
         for run in range(1, args.runs + 1):
-            dcmtk.append(count / run_storescp(folder, work))
+            dcmtk.append(count / time_storescp(folder, work))
             ours.append(count / run_tumorlens(folder, work))
             floor.append(durable_write_floor(folder, work))
             print(

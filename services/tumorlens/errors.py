@@ -92,10 +92,6 @@ class DeliveryError(TumorlensError):
     """Results could not be delivered to a destination."""
 
 
-class AttemptsExhaustedError(StudyProcessingError):
-    """The study crashed its worker more often than ``max_attempts``."""
-
-
 # --- the one mapping --------------------------------------------------------------------------
 _DIMSE_STATUS: Final[tuple[tuple[type[TumorlensError], int], ...]] = (
     (InvalidUIDError, CANNOT_UNDERSTAND_INVALID_UID),

@@ -88,7 +88,6 @@ class WorkerSupervisor:
         self._process: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self.restarts = 0
 
     @property
     def pid(self) -> int | None:
@@ -116,7 +115,6 @@ class WorkerSupervisor:
                 self._stopping.wait(self.restart_delay)
                 if not self._stopping.is_set():
                     self._process = self._spawn()
-                    self.restarts += 1
             self._stopping.wait(0.5)
 
     def stop(self, timeout: float = 60.0) -> None:

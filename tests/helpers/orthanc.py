@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.service import free_port
+from tests.helpers.dicom_peers import free_port
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 

@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from tests.helpers.dicom_peers import free_port
 from tumorlens.store.embedded_redis import url_for
 from tumorlens.store.jobs import Job, JobStore
 from tumorlens.store.states import TERMINAL_STATES, JobState
 
 AE_TITLE = "TUMORLENS"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ServeProcess:

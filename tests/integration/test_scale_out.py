@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.service import free_port
+from tests.helpers.dicom_peers import free_port
 from tests.helpers.synthetic import write_study
 from tumorlens.store.embedded_redis import redis_server_binary
 from tumorlens.store.jobs import JobStore
