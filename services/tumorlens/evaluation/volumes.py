@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,15 +30,10 @@ from tumorlens.evaluation.metrics import confusion_matrix, roc_auc
 from tumorlens.evaluation.seg_metrics import REGIONS, dice, hd95, region_mask
 from tumorlens.inference.preprocess3d import (
     SEQUENCES,
-    VolumeCard,
     VolumeError,
     load_nifti,
-    load_volume_card,
-    preprocess_files,
-    probabilities_to_native,
-    softmax,
 )
-from tumorlens.inference.session import create_session
+from tumorlens.inference.volume_model import VolumeModel, VolumePrediction
 
 log = logging.getLogger(__name__)
 
@@ -147,50 +141,6 @@ def load_labels(case: CaseFiles) -> tuple[NDArray[np.uint8], NDArray[np.float64]
 
 
 # --- running the model -------------------------------------------------------------------------
-
-
-@dataclass
-class VolumePrediction:
-    labels: NDArray[np.uint8]  # on the reference (native) grid
-    type_probs: NDArray[np.float32]  # (K,)
-    grid_probs: NDArray[np.float32]  # (4, X, Y, Z) on the model grid
-    grid_affine: NDArray[np.float64]
-    seconds: float
-
-
-class VolumeModel:
-    """An ONNX 3D model with its card; ``predict`` takes sequence files."""
-
-    def __init__(self, model: str | Path, models_dir: Path, threads: int = 0) -> None:
-        self.path, self.card = load_volume_card(model, models_dir)
-        self.session = create_session(self.path, threads=threads)
-
-    @property
-    def card_(self) -> VolumeCard:
-        return self.card
-
-    def run_grid(
-        self, image: NDArray[np.float32]
-    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-        """Model-grid input ``(C, X, Y, Z)`` -> (seg probabilities (4, X, Y, Z), type probs)."""
-        seg_logits, type_logits = self.session.run(
-            ["seg_logits", "type_logits"], {self.card.input_name: image[None]}
-        )
-        return softmax(np.asarray(seg_logits)[0], axis=0), softmax(np.asarray(type_logits)[0])
-
-    def predict(
-        self,
-        images: dict[str, Path],
-        native_affine: NDArray[np.float64],
-        native_shape: Sequence[int],
-    ) -> VolumePrediction:
-        started = time.perf_counter()
-        prepared = preprocess_files(images, self.card.grid)
-        probs, type_probs = self.run_grid(prepared.image)
-        labels = probabilities_to_native(probs, prepared.affine, native_affine, native_shape)
-        return VolumePrediction(
-            labels, type_probs, probs, prepared.affine, time.perf_counter() - started
-        )
 
 
 # --- the evaluation ------------------------------------------------------------------------------

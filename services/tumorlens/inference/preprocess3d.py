@@ -193,9 +193,18 @@ def normalise(
 
 
 def preprocess_arrays(
-    images: Mapping[str, tuple[NDArray[Any], Affine]], spec: GridSpec
+    images: Mapping[str, tuple[NDArray[Any], Affine]],
+    spec: GridSpec,
+    *,
+    subject_to_mni: Affine | None = None,
+    brain_mask: tuple[NDArray[Any], Affine] | None = None,
 ) -> Prepared:
-    """``{sequence: (array, affine)}`` (any subset of :data:`SEQUENCES`) -> model input."""
+    """``{sequence: (array, affine)}`` (any subset of :data:`SEQUENCES`) -> model input.
+
+    ``subject_to_mni`` (subject RAS mm -> MNI mm) and ``brain_mask`` (mask, its affine) come
+    from the pipeline's brain extraction; grids placed by the head foreground ignore them.
+    """
+    del subject_to_mni, brain_mask  # used by MNI-placed grids
     present = tuple(s for s in SEQUENCES if s in images)
     if not present:
         raise VolumeError(f"no usable sequence; expected some of {', '.join(SEQUENCES)}")

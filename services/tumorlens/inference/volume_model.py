@@ -1,0 +1,149 @@
+"""The 3D tumour model at run time: ONNX session + card, one study in, labels and types out.
+
+One :class:`VolumeModel` per worker process (the session is the expensive part). Inputs are
+``{sequence: (array, RAS affine)}`` in the model's sequence names (``t1``, ``t1ce``, ``t2``,
+``flair``); outputs come back on a native grid the caller names (the reference series').
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from tumorlens.inference.preprocess3d import (
+    Affine,
+    Prepared,
+    VolumeCard,
+    load_nifti,
+    load_volume_card,
+    preprocess_arrays,
+    probabilities_to_native,
+    resample_to,
+    softmax,
+)
+from tumorlens.inference.session import create_session
+
+FEATURES_OUTPUT = "type_features"
+
+
+@dataclass
+class VolumePrediction:
+    labels: NDArray[np.uint8]  # on the native grid, internal labels 0..3
+    type_probs: NDArray[np.float32]  # (K,) in card label order
+    grid_probs: NDArray[np.float32]  # (4, X, Y, Z) on the model grid
+    grid_affine: NDArray[np.float64]
+    seconds: float
+    present: tuple[str, ...] = ()
+    # Class activation map of the most probable type on the native grid, 0..1 (None when the
+    # model exports no feature maps).
+    activation: NDArray[np.float32] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class VolumeModel:
+    """An ONNX 3D model with its card (sha256 checked when loaded)."""
+
+    def __init__(
+        self,
+        model: str | Path,
+        models_dir: Path,
+        threads: int = 0,
+    ) -> None:
+        self.path, self.card = load_volume_card(model, models_dir)
+        self.session = create_session(self.path, threads=threads)
+        names = {o.name for o in self.session.get_outputs()}
+        cam = self.card.raw.get("cam")
+        self._cam: tuple[NDArray[np.float32], int] | None = None
+        if FEATURES_OUTPUT in names and isinstance(cam, dict) and "weights" in cam:
+            self._cam = (np.asarray(cam["weights"], dtype=np.float32), int(cam["stride_voxels"]))
+
+    @property
+    def card_(self) -> VolumeCard:
+        return self.card
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self.session.get_providers())
+
+    def run_grid(
+        self, image: NDArray[np.float32]
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Model-grid input ``(C, X, Y, Z)`` -> (seg probabilities (4, X, Y, Z), type probs)."""
+        seg_logits, type_logits = self.session.run(
+            ["seg_logits", "type_logits"], {self.card.input_name: image[None]}
+        )
+        return softmax(np.asarray(seg_logits)[0], axis=0), softmax(np.asarray(type_logits)[0])
+
+    def predict(
+        self,
+        images: Mapping[str, Path],
+        native_affine: NDArray[np.float64],
+        native_shape: Sequence[int],
+    ) -> VolumePrediction:
+        """Like :meth:`predict_arrays` from NIfTI files (``{sequence: path}``)."""
+        arrays = {name: load_nifti(path) for name, path in images.items()}
+        return self.predict_arrays(arrays, native_affine, native_shape, activation=False)
+
+    def predict_arrays(
+        self,
+        images: Mapping[str, tuple[NDArray[Any], Affine]],
+        native_affine: NDArray[np.float64],
+        native_shape: Sequence[int],
+        *,
+        subject_to_mni: Affine | None = None,
+        brain_mask: tuple[NDArray[Any], Affine] | None = None,
+        activation: bool = True,
+    ) -> VolumePrediction:
+        started = time.perf_counter()
+        prepared = preprocess_arrays(
+            images, self.card.grid, subject_to_mni=subject_to_mni, brain_mask=brain_mask
+        )
+        outputs = ["seg_logits", "type_logits"]
+        want_cam = activation and self._cam is not None
+        if want_cam:
+            outputs.append(FEATURES_OUTPUT)
+        results = self.session.run(outputs, {self.card.input_name: prepared.image[None]})
+        probs = softmax(np.asarray(results[0])[0], axis=0)
+        type_probs = softmax(np.asarray(results[1])[0])
+        labels = probabilities_to_native(probs, prepared.affine, native_affine, native_shape)
+        cam = None
+        if want_cam:
+            cam = self._activation(np.asarray(results[2])[0], int(np.argmax(type_probs)), prepared)
+            cam = resample_to(cam, self._feature_affine(prepared), native_affine, native_shape)
+            peak = float(cam.max(initial=0.0))
+            cam = (np.clip(cam / peak, 0.0, 1.0) if peak > 0 else cam).astype(np.float32)
+        return VolumePrediction(
+            labels=labels,
+            type_probs=type_probs,
+            grid_probs=probs,
+            grid_affine=prepared.affine,
+            seconds=time.perf_counter() - started,
+            present=prepared.present,
+            activation=cam,
+            info=dict(prepared.info),
+        )
+
+    def _activation(
+        self, features: NDArray[np.float32], k: int, prepared: Prepared
+    ) -> NDArray[np.float32]:
+        """CAM of class ``k`` on the feature grid; negative evidence clipped."""
+        assert self._cam is not None
+        weights, _ = self._cam
+        cam = np.tensordot(weights[k], features, axes=(0, 0)).astype(np.float32)
+        del prepared
+        return np.maximum(cam, 0.0).astype(np.float32)
+
+    def _feature_affine(self, prepared: Prepared) -> Affine:
+        """Feature voxel -> RAS: model-grid affine scaled by the stride, centred on its block."""
+        assert self._cam is not None
+        stride = self._cam[1]
+        scale = np.diag([float(stride)] * 3 + [1.0])
+        shift = np.eye(4)
+        shift[:3, 3] = (stride - 1) / 2.0
+        return np.asarray(prepared.affine @ shift @ scale, dtype=np.float64)
