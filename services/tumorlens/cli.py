@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "echo",
     "make_study",
     "evaluate",
+    "infer",
     "status",
     "retry",
     "cancel",

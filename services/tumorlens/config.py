@@ -99,8 +99,16 @@ class Settings:
     # series selection: site rules that override the built-in T1/T1c/T2/FLAIR rules
     series_rules: tuple[SelectionRule, ...] = ()
     series_min_slices: int = 10
-    # inference
+    # inference: models by card name in models_dir
     inference_threads: int = 0
+    segmentation_model: str = "tumour3d"
+    slice_model: str = "slice_type_2d"
+    # whole-tumour components smaller than this (mL) are dropped as speckle
+    min_lesion_ml: float = 0.1
+    # result objects: SEG as BINARY (every viewer) or LABELMAP (PS3.3 2024+ viewers);
+    # burned-in Secondary Capture overlays for PACS viewers that cannot show SEG
+    segmentation_type: str = "BINARY"
+    burned_overlays: bool = False
     log_level: str = "INFO"
     # Seconds a task sleeps after entering RUNNING: for fault-injection drills (kill a
     # worker mid-run) and the tests that prove recovery. Never set in production.
@@ -144,6 +152,15 @@ def _coerce(name: str, type_name: str, value: Any) -> Any:
             return float(value)
         if type_name == "str":
             return str(value)
+        if type_name == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
         if type_name == "tuple[str, ...]":
             return tuple(_split_list(value))
         if type_name == "tuple[SelectionRule, ...]":
@@ -208,6 +225,10 @@ def _validate(settings: Settings) -> None:
         raise ConfigurationError("max_attempts must be >= 1")
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise ConfigurationError("tls_cert and tls_key go together")
+    if settings.segmentation_type not in ("BINARY", "LABELMAP"):
+        raise ConfigurationError("segmentation_type must be BINARY or LABELMAP")
+    if settings.min_lesion_ml < 0:
+        raise ConfigurationError("min_lesion_ml must be >= 0")
     if settings.max_pdu_size and not 4096 <= settings.max_pdu_size <= 16 * 1024 * 1024:
         raise ConfigurationError("max_pdu_size must be 4096..16777216 bytes")
 

@@ -88,8 +88,54 @@ class NoUsableSeriesError(StudyProcessingError):
     """The study holds no series the pipeline can use."""
 
 
+class WriterError(StudyProcessingError):
+    """Findings or a reference series that no DICOM result object can be made from."""
+
+
 class DeliveryError(TumorlensError):
     """Results could not be delivered to a destination."""
+
+
+class ModelCardError(ConfigurationError):
+    """A model or its card is missing, malformed or inconsistent."""
+
+
+class ModelIntegrityError(ModelCardError):
+    """The model file's sha256 differs from its card's."""
+
+
+class InputDataError(TumorlensError):
+    """Training or evaluation data that cannot be used; the message names the file."""
+
+
+class SliceImageError(InputDataError):
+    """An image file cannot be used as a slice (undecodable, or wrong channel count)."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+class VolumeError(InputDataError):
+    """A volume cannot be read or preprocessed (names the file)."""
+
+
+class EvaluationDataError(InputDataError):
+    """An evaluation folder holds nothing that can be evaluated (missing, empty, unknown
+    class folders, no readable case)."""
+
+
+class RequestRejectedError(TumorlensError):
+    """A status API request refused before it reached the job store."""
+
+
+class InvalidRequestError(RequestRejectedError):
+    """A malformed status API request (a negative limit, an unknown state...)."""
+
+
+class ServerBusyError(RequestRejectedError):
+    """The status API is at its limit of concurrent calls of this kind."""
 
 
 # --- the one mapping --------------------------------------------------------------------------
@@ -106,6 +152,8 @@ _DIMSE_STATUS: Final[tuple[tuple[type[TumorlensError], int], ...]] = (
 
 _GRPC_CODE: Final[tuple[tuple[type[TumorlensError], grpc.StatusCode], ...]] = (
     (StudyNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ServerBusyError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (InvalidTransitionError, grpc.StatusCode.FAILED_PRECONDITION),
     (JobStoreUnavailableError, grpc.StatusCode.UNAVAILABLE),
     (ConfigurationError, grpc.StatusCode.INVALID_ARGUMENT),

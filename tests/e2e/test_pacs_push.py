@@ -5,17 +5,29 @@ The job must reach DONE with exactly the instance and series counts that were se
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
+import highdicom as hd
+import pydicom
 import pytest
 
 from tests.helpers.orthanc import Orthanc, available
+from tests.helpers.pictures import (
+    artifacts_dir,
+    fetch_instance,
+    reference_series,
+    render_pdf_page,
+    render_seg_overlay,
+)
 from tests.helpers.service import AE_TITLE, ServeProcess
 from tests.helpers.volumes import synthetic_head
 from tumorlens.dicomio.make_study import WrittenStudy, make_study
+from tumorlens.store.jobs import Job
 from tumorlens.store.states import JobState
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -48,7 +60,9 @@ def storescu(port: int, folder: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def assert_complete(serve: ServeProcess, study: WrittenStudy, calling_aet: str) -> None:
+def assert_complete(serve: ServeProcess, study: WrittenStudy, calling_aet: str) -> Job:
+    """Every instance arrived once, the study was analysed with all four sequences chosen
+    from the right series, and its results were delivered."""
     uid = study.study_instance_uid
     job = serve.wait_for(uid, timeout=300)
     sent = sum(len(s.paths) for s in study.series)
@@ -56,10 +70,14 @@ def assert_complete(serve: ServeProcess, study: WrittenStudy, calling_aet: str) 
     assert (job.instances, job.series, job.version) == (sent, len(study.series), 1)
     assert job.calling_aet == calling_aet
     assert job.details["instances"] == sent
-    by_series = {s["series_instance_uid"]: s for s in job.details["series"]}
+    decisions = {d["series_instance_uid"]: d for d in job.details["series_selection"]["series"]}
     for series in study.series:
-        assert by_series[series.series_instance_uid]["instances"] == len(series.paths)
+        assert decisions[series.series_instance_uid]["slices"] == len(series.paths)
+        assert decisions[series.series_instance_uid]["chosen_as"] == series.sequence
+    assert job.details["sequences_used"] == ["t1", "t1c", "t2", "flair"]
     assert len(serve.spool_files(uid)) == sent
+    assert sum(job.details["delivered"].values()) == len(job.details["objects"])
+    return job
 
 
 def test_storescu_pushes_a_4x155_study(serve: ServeProcess, brats_grid_study: WrittenStudy) -> None:
@@ -72,27 +90,113 @@ def test_storescu_pushes_a_4x155_study(serve: ServeProcess, brats_grid_study: Wr
 def test_storescu_pushes_the_real_case(serve: ServeProcess, tcga_study: WrittenStudy) -> None:
     serve.start()
     storescu(serve.port, tcga_study.out_dir)
-    assert_complete(serve, tcga_study, "STORESCU")
-    job = serve.jobs.get(tcga_study.study_instance_uid)
-    for series in job.details["series"]:
-        assert series["instances"] == 26
-        assert series["slice_spacing"] == pytest.approx(5.5, abs=0.2)
+    job = assert_complete(serve, tcga_study, "STORESCU")
+    for decision in job.details["series_selection"]["series"]:
+        assert decision["slices"] == 26
+
+
+@pytest.fixture
+def phantom_study(tmp_path: Path) -> WrittenStudy:
+    """A synthetic high-grade glioma phantom (full head, 2 mm) as a DICOM MR study."""
+    from tumorlens_train.phantoms import PhantomConfig, generate_case
+    from tumorlens_train.phantoms.writer import write_case
+
+    phantom = generate_case(20261123, "hgg", PhantomConfig(thick_slice_prob=0.0))
+    write_case(phantom, tmp_path / "phantom", "phantom_hgg")
+    folder = tmp_path / "phantom" / "phantom_hgg"
+    names = {"t1": "t1", "t1c": "t1ce", "t2": "t2", "flair": "flair"}
+    volumes = {s: folder / f"phantom_hgg_{f}.nii.gz" for s, f in names.items()}
+    return make_study(volumes, tmp_path / "phantom-dicom", patient_id="PHANTOM-HGG", seed=1123)
+
+
+def orthanc_round_trip(
+    serve: ServeProcess, study: WrittenStudy, tmp_path: Path
+) -> tuple[Orthanc, str, Job]:
+    """Orthanc stores the study and pushes it; tumorlens sends the results back to it."""
+    orthanc = Orthanc(tmp_path / "orthanc", {"tumorlens": (AE_TITLE, "127.0.0.1", serve.port)})
+    serve.env["TUMORLENS_ALLOWED_CALLING_AETS"] = "ORTHANC"
+    # No 'destinations': results go back to the sender, found by its AE title in 'peers'.
+    serve.env["TUMORLENS_DESTINATIONS"] = ""
+    serve.env["TUMORLENS_PEERS"] = f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"
+    serve.start()
+    orthanc.start()
+    (study_id,) = orthanc.upload(study.paths)
+    orthanc.echo("tumorlens")
+    orthanc.push_study("tumorlens", study_id)
+    job = assert_complete(serve, study, "ORTHANC")
+    return orthanc, study_id, job
+
+
+def result_series(orthanc: Orthanc, study_id: str) -> dict[str, dict[str, Any]]:
+    """The study's series in Orthanc by modality, for those tumorlens adds (SEG, SR, DOC)."""
+    series = orthanc.get(f"/studies/{study_id}/series")
+    return {s["MainDicomTags"]["Modality"]: s for s in series if s["MainDicomTags"].get(
+        "Modality") in ("SEG", "SR", "DOC")}  # fmt: skip
+
+
+def assert_results_in_orthanc(orthanc: Orthanc, study_id: str, job: Job) -> dict[str, Any]:
+    kinds = {o["kind"] for o in job.details["objects"]}
+    expected = {"SEG", "SR", "DOC"} if "SEG" in kinds else {"SR", "DOC"}
+    found = result_series(orthanc, study_id)
+    assert set(found) == expected
+    for modality, series in found.items():
+        assert len(series["Instances"]) == 1, modality
+        tags = orthanc.get(f"/instances/{series['Instances'][0]}/tags?simplify")
+        assert tags["StudyInstanceUID"] == job.study_instance_uid
+        assert "research" in tags["SeriesDescription"].lower()
+        assert tags["Manufacturer"] == "tumorlens"
+    # The same study, not a new one: Orthanc holds one study for this patient.
+    assert len(orthanc.get("/studies")) == 1
+    return found
+
+
+def fetch(orthanc: Orthanc, series: dict[str, Any]) -> pydicom.Dataset:
+    data = orthanc.request_bytes("GET", f"/instances/{series['Instances'][0]}/file")
+    return pydicom.dcmread(io.BytesIO(data))
 
 
 @pytest.mark.skipif(not available(), reason="Orthanc (Debian package orthanc) not installed")
-def test_orthanc_pushes_a_study(
+def test_orthanc_gets_seg_sr_and_pdf_back_for_the_real_case(
     serve: ServeProcess, tcga_study: WrittenStudy, tmp_path: Path
 ) -> None:
-    serve.env["TUMORLENS_ALLOWED_CALLING_AETS"] = "ORTHANC"
-    serve.start()
-    orthanc = Orthanc(tmp_path / "orthanc", {"tumorlens": (AE_TITLE, "127.0.0.1", serve.port)})
-    orthanc.start()
+    orthanc, study_id, job = orthanc_round_trip(serve, tcga_study, tmp_path)
     try:
-        files = [p for s in tcga_study.series for p in s.paths]
-        (study_id,) = orthanc.upload(files)
-        orthanc.echo("tumorlens")
-        orthanc.push_study("tumorlens", study_id)
-        assert_complete(serve, tcga_study, "ORTHANC")
+        found = assert_results_in_orthanc(orthanc, study_id, job)
+        pdf = fetch(orthanc, found["DOC"])
+        assert bytes(pdf.EncapsulatedDocument).startswith(b"%PDF")
+        pictures = artifacts_dir(tmp_path)
+        render_pdf_page(bytes(pdf.EncapsulatedDocument), pictures / "tcga_pdf_page1.png")
+        if "SEG" in found:
+            seg = fetch(orthanc, found["SEG"])
+            sources = {
+                str(ds.SOPInstanceUID): ds
+                for ds in (
+                    fetch_instance(orthanc, i)
+                    for i in orthanc.get(f"/series/{reference_series(orthanc, study_id, seg)}")[
+                        "Instances"
+                    ]
+                )
+            }
+            drawn = render_seg_overlay(seg, sources, pictures / "tcga_seg_overlay.png")
+            assert drawn > 0  # the overlay covered some pixels of the source images
+    finally:
+        orthanc.stop()
+        shutil.rmtree(tmp_path / "orthanc", ignore_errors=True)
+
+
+@pytest.mark.skipif(not available(), reason="Orthanc (Debian package orthanc) not installed")
+def test_orthanc_gets_results_back_for_a_phantom_study(
+    serve: ServeProcess, phantom_study: WrittenStudy, tmp_path: Path
+) -> None:
+    orthanc, study_id, job = orthanc_round_trip(serve, phantom_study, tmp_path)
+    try:
+        found = assert_results_in_orthanc(orthanc, study_id, job)
+        sr = hd.sr.srread(io.BytesIO(orthanc.request_bytes(
+            "GET", f"/instances/{found['SR']['Instances'][0]}/file")))  # fmt: skip
+        groups = sr.content.get_volumetric_roi_measurement_groups()
+        assert job.details["volumes_ml"]["whole_tumour"] > 0
+        assert len(groups) == sum(1 for v in ("core", "oedema", "enhancing")
+                                  if job.details["volumes_ml"][v] > 0)  # fmt: skip
     finally:
         orthanc.stop()
         shutil.rmtree(tmp_path / "orthanc", ignore_errors=True)

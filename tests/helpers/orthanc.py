@@ -94,6 +94,12 @@ class Orthanc:
             data = response.read()
         return json.loads(data) if data else None
 
+    def request_bytes(self, method: str, path: str) -> bytes:
+        request = urllib.request.Request(self.url + path, method=method)
+        with urllib.request.urlopen(request, timeout=600) as response:
+            data: bytes = response.read()
+        return data
+
     def get(self, path: str) -> Any:
         return self.request("GET", path)
 

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.service import AE_TITLE, ServeProcess, dedup, states
-from tests.helpers.synthetic import SyntheticStudy, write_study
+from tumorlens.dicomio.make_study import WrittenStudy
 from tumorlens.store.states import JobState
 
 pytestmark = pytest.mark.integration
 
+N = 104  # instances in the study
 STORESCU_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
@@ -44,13 +45,13 @@ def push_ok(port: int, folder: Path) -> None:
 
 
 @pytest.fixture
-def study50(tmp_path: Path) -> tuple[SyntheticStudy, Path]:
-    folder = tmp_path / "study50"
-    return write_study(folder, 50), folder
+def study50(tcga_dicom: WrittenStudy) -> tuple[WrittenStudy, Path]:
+    """A real study (TCGA-FG-6692 as 4 MR series x 26 instances): the whole analysis runs."""
+    return tcga_dicom, tcga_dicom.out_dir
 
 
 def test_ten_concurrent_pushes_of_one_study_three_times(
-    serve: ServeProcess, study50: tuple[SyntheticStudy, Path]
+    serve: ServeProcess, study50: tuple[WrittenStudy, Path]
 ) -> None:
     study, folder = study50
     serve.start()
@@ -63,9 +64,9 @@ def test_ten_concurrent_pushes_of_one_study_three_times(
         list(pool.map(push_three_times, range(10)))
     job = serve.wait_for(study.study_instance_uid)
     assert job.state is JobState.DONE, job.error
-    assert len(serve.spool_files(study.study_instance_uid)) == 50
-    assert (job.version, job.instances, job.series) == (1, 50, 1)
-    assert job.details["instances"] == 50
+    assert len(serve.spool_files(study.study_instance_uid)) == N
+    assert (job.version, job.instances, job.series) == (1, N, 4)
+    assert job.details["instances"] == N
     # exactly one completed run: one version, one attempt
     assert [j.version for j in serve.jobs.list_jobs()] == [1]
     assert states(job).count(JobState.DONE) == 1
@@ -73,7 +74,7 @@ def test_ten_concurrent_pushes_of_one_study_three_times(
 
 
 def test_worker_killed_mid_run_is_rerun(
-    serve: ServeProcess, study50: tuple[SyntheticStudy, Path]
+    serve: ServeProcess, study50: tuple[WrittenStudy, Path]
 ) -> None:
     study, folder = study50
     serve.env["TUMORLENS_DEBUG_TASK_PAUSE"] = "4"
@@ -89,13 +90,14 @@ def test_worker_killed_mid_run_is_rerun(
         JobState.RECEIVING,
         JobState.QUEUED,
         JobState.RUNNING,
+        JobState.SENDING,
         JobState.DONE,
     ]
     assert [e.reason for e in job.timeline if e.step == "starting"] == ["attempt 1", "attempt 2"]
 
 
 def test_study_that_keeps_killing_its_worker_ends_failed(
-    serve: ServeProcess, study50: tuple[SyntheticStudy, Path]
+    serve: ServeProcess, study50: tuple[WrittenStudy, Path]
 ) -> None:
     study, folder = study50
     serve.env["TUMORLENS_DEBUG_TASK_PAUSE"] = "4"
@@ -114,8 +116,10 @@ def test_study_that_keeps_killing_its_worker_ends_failed(
     assert serve.jobs.get(uid).state is JobState.FAILED
 
 
-def test_restart_while_receiving_loses_nothing(serve: ServeProcess, tmp_path: Path) -> None:
-    study = write_study(tmp_path / "study", 10, series=2)
+def test_restart_while_receiving_loses_nothing(
+    serve: ServeProcess, tcga_dicom: WrittenStudy, tmp_path: Path
+) -> None:
+    study = tcga_dicom
     first_half = tmp_path / "first"
     second_half = tmp_path / "second"
     for i, path in enumerate(study.paths):
@@ -131,16 +135,16 @@ def test_restart_while_receiving_loses_nothing(serve: ServeProcess, tmp_path: Pa
     assert serve.stop() == 0  # graceful (SIGTERM) while RECEIVING
     serve.start()
     job = serve.jobs.get(uid)
-    assert (job.state, job.instances) == (JobState.RECEIVING, 10)
+    assert (job.state, job.instances) == (JobState.RECEIVING, N // 2)
     push_ok(serve.port, second_half)
     job = serve.wait_for(uid)
     assert job.state is JobState.DONE, job.error
-    assert (job.version, job.instances, job.series) == (1, 20, 2)
-    assert len(serve.spool_files(uid)) == 20
+    assert (job.version, job.instances, job.series) == (1, N, 4)
+    assert len(serve.spool_files(uid)) == N
 
 
 def test_hard_kill_while_receiving_recovers_from_the_spool(
-    serve: ServeProcess, study50: tuple[SyntheticStudy, Path]
+    serve: ServeProcess, study50: tuple[WrittenStudy, Path]
 ) -> None:
     study, folder = study50
     serve.env["TUMORLENS_STABLE_AGE"] = "30"
@@ -159,13 +163,13 @@ def test_hard_kill_while_receiving_recovers_from_the_spool(
     serve.start()  # start-up reconciles the spool with the job store
     job = serve.wait_for(uid)
     assert job.state is JobState.DONE, job.error
-    assert job.instances == 50
-    assert len(serve.spool_files(uid)) == 50
+    assert job.instances == N
+    assert len(serve.spool_files(uid)) == N
     assert "recovered 7 instances" in serve.log()
 
 
 def test_hard_kill_while_running_resumes_after_restart(
-    serve: ServeProcess, study50: tuple[SyntheticStudy, Path]
+    serve: ServeProcess, study50: tuple[WrittenStudy, Path]
 ) -> None:
     study, folder = study50
     serve.env["TUMORLENS_DEBUG_TASK_PAUSE"] = "5"

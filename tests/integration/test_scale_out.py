@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.dicom_peers import free_port
-from tests.helpers.synthetic import write_study
+from tests.helpers.dicom_peers import StoreSCP, free_port
+from tests.helpers.studies import tcga_study
 from tumorlens.store.embedded_redis import redis_server_binary
 from tumorlens.store.jobs import JobStore
 from tumorlens.store.states import JobState
@@ -66,7 +66,9 @@ def wait_for_logs(logs: list[Path], text: str, timeout: float = 90) -> None:
     raise AssertionError(f"{text!r} not in {logs} after {timeout} s")
 
 
-def test_two_listeners_two_workers_one_redis(shared_redis: str, tmp_path: Path) -> None:
+def test_two_listeners_two_workers_one_redis(
+    shared_redis: str, tmp_path: Path, shared_data: Path, results_scp: StoreSCP
+) -> None:
     data = tmp_path / "shared-data"  # the listeners' and workers' common data_dir
     base = {
         **os.environ,
@@ -76,6 +78,7 @@ def test_two_listeners_two_workers_one_redis(shared_redis: str, tmp_path: Path) 
         "TUMORLENS_STABLE_AGE": "2",
         "TUMORLENS_ASSEMBLER_INTERVAL": "0.2",
         "TUMORLENS_DISK_RESERVE_MB": "16",
+        "TUMORLENS_DESTINATIONS": f"{results_scp.ae_title}@127.0.0.1:{results_scp.port}",
     }
     ports = [free_port(), free_port()]
     processes = []
@@ -91,8 +94,10 @@ def test_two_listeners_two_workers_one_redis(shared_redis: str, tmp_path: Path) 
             processes.append(start("worker", base, tmp_path / f"worker{i}.log"))
         wait_for_logs([tmp_path / "listen0.log", tmp_path / "listen1.log"], "tumorlens ready")
         wait_for_logs([tmp_path / "worker0.log", tmp_path / "worker1.log"], "ready.")
-        shared = write_study(tmp_path / "shared-study", 30)
-        others = [write_study(tmp_path / f"study{i}", 10) for i in range(3)]
+        # Real studies (TCGA-FG-6692 as DICOM, new UIDs per seed): the whole analysis runs.
+        case = shared_data / "cases" / "TCGA-FG-6692"
+        shared = tcga_study(case, tmp_path / "shared-study", seed=1)
+        others = [tcga_study(case, tmp_path / f"study{i}", seed=10 + i) for i in range(2)]
 
         def push(port: int, folder: Path) -> None:
             result = subprocess.run(
@@ -103,22 +108,22 @@ def test_two_listeners_two_workers_one_redis(shared_redis: str, tmp_path: Path) 
             assert result.returncode == 0, result.stderr
 
         pushes = [(ports[0], tmp_path / "shared-study"), (ports[1], tmp_path / "shared-study")]
-        pushes += [(ports[i % 2], tmp_path / f"study{i}") for i in range(3)]
+        pushes += [(ports[i % 2], tmp_path / f"study{i}") for i in range(2)]
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(lambda args: push(*args), pushes))
         jobs = JobStore.from_url(shared_redis)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         uids = [shared.study_instance_uid] + [s.study_instance_uid for s in others]
         while time.monotonic() < deadline:
             states = [jobs.get(uid).state for uid in uids if jobs.known_instance_count(uid)]
-            if len(states) == 4 and all(s is JobState.DONE for s in states):
+            if len(states) == 3 and all(s is JobState.DONE for s in states):
                 break
             time.sleep(0.3)
-        for uid, count in zip(uids, [30, 10, 10, 10], strict=True):
+        for uid in uids:
             job = jobs.get(uid)
             assert job.state is JobState.DONE, (uid, job.error, job.state)
-            assert (job.version, job.instances, job.attempts) == (1, count, 1)
-        assert len(jobs.list_jobs()) == 4  # the shared study ran once, not once per listener
+            assert (job.version, job.instances, job.attempts) == (1, 104, 1)
+        assert len(jobs.list_jobs()) == 3  # the shared study ran once, not once per listener
         # each analysed by a worker process, which records its host:pid
         assert all(jobs.get(uid).worker.count(":") == 1 for uid in uids)
     finally:

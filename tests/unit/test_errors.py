@@ -31,8 +31,21 @@ def test_cannot_understand_statuses_are_in_the_standard_range() -> None:
         (e.InvalidTransitionError("x"), grpc.StatusCode.FAILED_PRECONDITION),
         (e.JobStoreUnavailableError("x"), grpc.StatusCode.UNAVAILABLE),
         (e.InvalidUIDError("x"), grpc.StatusCode.INVALID_ARGUMENT),
+        (e.InvalidRequestError("x"), grpc.StatusCode.INVALID_ARGUMENT),
+        (e.ServerBusyError("x"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (e.ModelCardError("x"), grpc.StatusCode.INVALID_ARGUMENT),
+        (e.WriterError("x"), grpc.StatusCode.FAILED_PRECONDITION),
+        (e.NoUsableSeriesError("x"), grpc.StatusCode.FAILED_PRECONDITION),
         (ValueError("x"), grpc.StatusCode.INTERNAL),
     ],
 )
 def test_grpc_code(exc: Exception, code: grpc.StatusCode) -> None:
     assert e.grpc_code_for(exc) == code
+
+
+def test_every_error_is_one_of_the_hierarchy() -> None:
+    """Module-local error classes are defined here, so each maps in one place."""
+    classes = [c for c in vars(e).values() if isinstance(c, type) and issubclass(c, Exception)]
+    assert all(issubclass(c, e.TumorlensError) for c in classes)
+    assert issubclass(e.SliceImageError, e.InputDataError)
+    assert str(e.SliceImageError("a.jpg", "cannot decode")) == "a.jpg: cannot decode"

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tumorlens.evaluation.slices import EvaluationDataError, collect_images
+from tumorlens.errors import EvaluationDataError, SliceImageError
+from tumorlens.evaluation.slices import collect_images
 from tumorlens.inference import session as session_mod
 from tumorlens.inference.cam import class_activation_maps, upsample
 from tumorlens.inference.card import (
@@ -21,7 +22,7 @@ from tumorlens.inference.card import (
     resolve_model,
     sha256_file,
 )
-from tumorlens.inference.preprocess import SliceImageError, preprocess_file, preprocess_image
+from tumorlens.inference.preprocess import preprocess_file, preprocess_image
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "models/tumorlens_zoo/slice_type_2d.onnx"

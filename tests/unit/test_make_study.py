@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
 from tumorlens.cli import main
-from tumorlens.dicomio.make_study import WrittenSeries, WrittenStudy, make_study
+from tumorlens.dicomio.make_study import WrittenSeries, WrittenStudy, display_order, make_study
 from tumorlens.errors import ConfigurationError
 
 SEQUENCES = ("t1", "t1c", "t2", "flair")
@@ -176,11 +176,11 @@ def test_instances_are_mr_images_in_explicit_little_endian(synthetic_study: Writ
 
 def test_geometry_matches_affine(synthetic_study: WrittenStudy) -> None:
     for series in synthetic_study.series:
-        assert_geometry(read_series(series), oblique_affine())
+        assert_geometry(read_series(series), display_order(synthetic_volume(), oblique_affine())[1])
 
 
 def test_pixels_are_the_volume_transposed_per_slice(synthetic_study: WrittenStudy) -> None:
-    volume = synthetic_volume()
+    volume = display_order(synthetic_volume(), oblique_affine())[0]
     for k, ds in enumerate(read_series(synthetic_study.series[0])):
         assert ds.PixelRepresentation == 0
         assert ds.BitsStored == 12
@@ -244,7 +244,8 @@ def test_float_volume_is_scaled_to_12_bits(tmp_path: Path) -> None:
     pixels = np.stack([ds.pixel_array for ds in read_series(study.series[0])], axis=-1)
     assert pixels.min() == 0 and pixels.max() == 4095
     expected = np.rint((volume - volume.min()) / (volume.max() - volume.min()) * 4095)
-    np.testing.assert_array_equal(pixels, expected.transpose(1, 0, 2))
+    shown = display_order(expected, np.diag([1.0, 1.0, 3.0, 1.0]))[0]  # both in-plane axes flip
+    np.testing.assert_array_equal(pixels, shown.transpose(1, 0, 2))
     ds = pydicom.dcmread(study.paths[0])
     assert (ds.BitsStored, ds.HighBit, ds.PixelRepresentation) == (12, 11, 0)
     assert "RescaleSlope" not in ds
@@ -257,7 +258,25 @@ def test_signed_volume_is_stored_signed(tmp_path: Path) -> None:
     datasets = read_series(study.series[0])
     assert datasets[0].PixelRepresentation == 1
     pixels = np.stack([ds.pixel_array for ds in datasets], axis=-1)
-    np.testing.assert_array_equal(pixels, volume.transpose(1, 0, 2))
+    shown = display_order(volume, np.diag([-1.0, 1.0, 2.0, 1.0]))[0]
+    np.testing.assert_array_equal(pixels, shown.transpose(1, 0, 2))
+
+
+def test_display_order_puts_anterior_at_the_top_and_the_right_on_the_left() -> None:
+    """Voxel axes towards the patient's right and front are flipped in-plane, so rows run
+    towards the left and columns towards the back, as axial images display."""
+    volume = np.arange(4 * 3 * 2).reshape(4, 3, 2)
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])  # voxel axes towards RAS +x (right), +y (anterior)
+    shown, new = display_order(volume, affine)
+    lps = RAS_TO_LPS @ new
+    assert lps[0, 0] > 0 and lps[1, 1] > 0  # towards patient left, towards the back
+    np.testing.assert_array_equal(shown, volume[::-1, ::-1, :])
+    # The same voxel sits at the same place in space.
+    np.testing.assert_allclose(new @ [0, 0, 1, 1], affine @ [3, 2, 1, 1])
+    # Already in display order: unchanged.
+    again, same = display_order(shown, new)
+    np.testing.assert_array_equal(again, shown)
+    np.testing.assert_allclose(same, new)
 
 
 def test_unknown_sequence_is_refused(synthetic_nifti: Path, tmp_path: Path) -> None:
@@ -328,7 +347,7 @@ def test_real_case(tcga_case: Path, tmp_path: Path) -> None:
     for series in study.series:
         source = load_nifti(volumes[series.sequence])
         datasets = read_series(series)
-        assert_geometry(datasets, source.affine)
+        assert_geometry(datasets, display_order(np.asarray(source.dataobj), source.affine)[1])
         assert (datasets[0].Columns, datasets[0].Rows) == source.shape[:2]
         frames.update(ds.FrameOfReferenceUID for ds in datasets)
     assert frames == {study.frame_of_reference_uid}

@@ -3,7 +3,6 @@ is written, validated with dciodvfy where it knows the IOD, and read back."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from dataclasses import dataclass, replace
@@ -18,16 +17,18 @@ import pydicom
 import pytest
 from PIL import Image
 
+from tests.helpers.dcmqi import assert_seg_matches
 from tumorlens.dicomio.make_study import make_study
+from tumorlens.errors import WriterError
 from tumorlens.writers import codes
 from tumorlens.writers.codes import Concept
 from tumorlens.writers.findings import (
+    SLICE_CLASSIFICATION,
     Findings,
     Measurements,
     ModelIdentity,
     Side,
     TypeProbability,
-    WriterError,
     deterministic_uid,
     region_volumes_ml,
     sort_series,
@@ -56,9 +57,20 @@ TYPES = (
     ),
     TypeProbability("notumor", "No tumour", Concept("260413007", "None (qualifier value)"), 0.05),
 )
+SLICE_TYPES = (
+    TypeProbability("glioma", "Glioma", Concept("393563007", "Glioma (disorder)"), 0.6),
+    TypeProbability(
+        "meningioma", "Meningioma", Concept("302820008", "Intracranial meningioma (disorder)"), 0.2
+    ),
+    TypeProbability("notumor", "No tumour", Concept("260413007", "None (qualifier value)"), 0.1),
+    TypeProbability(
+        "pituitary", "Pituitary adenoma", Concept("254956000", "Pituitary adenoma (disorder)"), 0.1
+    ),
+)
 MODELS = (
     ModelIdentity("seg3d", "1.2.0", "a" * 64, task="segmentation"),
     ModelIdentity("type2d", "0.3.1", "b" * 64, task="classification"),
+    ModelIdentity("slice2d", "1.1.0", "c" * 64, task=SLICE_CLASSIFICATION),
 )
 
 
@@ -115,6 +127,8 @@ def _write_case(root: Path) -> Case:
         study_version=1,
         sequences_used=("t1c", "flair"),
         activation_map=activation,
+        slice_types=SLICE_TYPES,
+        notes=("no T1, T2 series found; analysed without",),
     )
     return Case(findings, affine, labels)
 
@@ -186,7 +200,7 @@ def test_uids_are_deterministic_per_study_version(case: Case) -> None:
     assert seg1.SeriesInstanceUID != seg3.SeriesInstanceUID
     assert build_sr(f, seg1).SOPInstanceUID == build_sr(again, seg2).SOPInstanceUID
     assert build_sr(f, seg1).SOPInstanceUID != build_sr(v2, seg3).SOPInstanceUID
-    other_model = replace(f, models=(replace(MODELS[0], version="1.2.1"), MODELS[1]))
+    other_model = replace(f, models=(replace(MODELS[0], version="1.2.1"), *MODELS[1:]))
     assert build_seg(other_model).SOPInstanceUID != seg1.SOPInstanceUID
     kinds = {f.uid(k) for k in ("seg.series", "sr.series", "pdf.series", "sc.series")}
     assert len(kinds) == 4
@@ -216,7 +230,7 @@ def test_seg_binary_reads_back_as_the_label_map(case: Case, seg_path: Path) -> N
     assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
     assert "AI SEG - research use only" in seg.SeriesDescription
     assert seg.Manufacturer == "tumorlens"
-    assert list(seg.SoftwareVersions) == ["seg3d 1.2.0", "type2d 0.3.1"]
+    assert list(seg.SoftwareVersions) == ["seg3d 1.2.0", "type2d 0.3.1", "slice2d 1.1.0"]
     # Segments 1..3 are the labels present, coded per codes.REGIONS.
     types = [str(s.SegmentedPropertyTypeCodeSequence[0].CodeValue) for s in seg.SegmentSequence]
     assert types == ["6574001", "79654002", "108369006"]
@@ -254,42 +268,7 @@ def test_seg_labelmap_reads_back_as_the_label_map(case: Case, tmp_path: Path) ->
 
 
 def test_seg_geometry_and_voxels_match_in_dcmqi(case: Case, seg_path: Path, tmp_path: Path) -> None:
-    tool = shutil.which("segimage2itkimage") or str(
-        Path(__file__).resolve().parents[2] / ".venv" / "bin" / "segimage2itkimage"
-    )
-    if not Path(tool).exists():
-        pytest.skip("dcmqi (segimage2itkimage) is not installed")
-    out = tmp_path / "dcmqi"
-    out.mkdir()
-    subprocess.run(
-        [tool, "--inputDICOM", str(seg_path), "--outputDirectory", str(out), "-t", "nifti",
-         "--mergeSegments"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    meta = json.loads((out / "meta.json").read_text())
-    label_of = {
-        int(s["labelID"]): codes.REGION_BY_TYPE_CODE[
-            s["SegmentedPropertyTypeCodeSequence"]["CodeValue"]
-        ].label
-        for group in meta["segmentAttributes"]
-        for s in group
-    }
-    image = nib.load(str(next(out.glob("*.nii.gz"))))
-    dcmqi = np.asarray(image.dataobj).astype(np.uint8)
-    # dcmqi crops to the frames present: its grid must be the reference grid shifted by
-    # whole voxels, with the same axes and spacing.
-    to_reference = np.linalg.inv(case.affine_ras) @ image.affine
-    np.testing.assert_allclose(to_reference[:3, :3], np.eye(3), atol=1e-4)
-    offset = to_reference[:3, 3]
-    np.testing.assert_allclose(offset, np.round(offset), atol=1e-3)
-    i, j, k = (int(v) for v in np.round(offset))
-    ni, nj, nk = dcmqi.shape[:3]
-    expected = case.labels_voxel[i : i + ni, j : j + nj, k : k + nk]
-    relabelled = np.zeros_like(dcmqi)
-    for number, label in label_of.items():
-        relabelled[dcmqi == number] = label
-    np.testing.assert_array_equal(relabelled, expected)
-    assert np.count_nonzero(expected) == np.count_nonzero(case.labels_voxel)
+    assert_seg_matches(seg_path, case.labels_voxel, case.affine_ras, tmp_path / "dcmqi")
 
 
 # --- SR -----------------------------------------------------------------------------------
@@ -328,7 +307,21 @@ def test_sr_reads_back_with_every_measurement(case: Case, seg_path: Path, tmp_pa
         assert volume.unit.value == "ml"
         assert volume.value == pytest.approx(f.measurements.volumes_ml[label.label], abs=1e-3)
 
-    groups = {g.finding_type.value: g for g in report.get_image_measurement_groups()}
+    slice_groups = [
+        g
+        for g in report.get_image_measurement_groups()
+        if str(g.tracking_identifier).startswith("Slice classifier probability")
+    ]
+    assert [g.finding_type.value for g in slice_groups] == [t.concept.value for t in SLICE_TYPES]
+    for group, t in zip(slice_groups, SLICE_TYPES, strict=True):
+        (p,) = group.get_measurements()
+        assert p.value == pytest.approx(t.probability)
+        assert "slice2d" in str(group)  # TID 4019 names the 2D model as the algorithm
+    groups = {
+        g.finding_type.value: g
+        for g in report.get_image_measurement_groups()
+        if g not in slice_groups
+    }
     whole = groups["WT"]
     values = {m.name.meaning: m.value for m in whole.get_measurements()}
     assert values["Volume"] == pytest.approx(f.measurements.whole_tumour_ml, abs=1e-3)

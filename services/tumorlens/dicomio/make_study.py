@@ -12,8 +12,10 @@ voxel axis 1, which gives, from the LPS affine ``A``:
 * Pixel Spacing = ``|A[:, 1]|`` (between rows) then ``|A[:, 0]|`` (between columns);
 * Image Position (Patient) of slice ``k`` = ``A @ [0, 0, k, 1]``.
 
-Data are never reoriented or resampled, so oblique and flipped affines come out as oblique
-and flipped DICOM.
+Data are never resampled, so oblique affines come out as oblique DICOM. The in-plane voxel
+axes are flipped where needed (:func:`display_order`) so that images display the way a
+scanner writes them (axial: patient's right on the left, anterior at the top); slice order
+and physical geometry are unchanged.
 """
 
 from __future__ import annotations
@@ -95,6 +97,26 @@ class SliceGeometry:
 
     def slice_location(self, k: int) -> float:
         return float(np.dot(self.positions[k], self.normal))
+
+
+def display_order(
+    data: npt.NDArray[np.generic], affine_ras: npt.ArrayLike
+) -> tuple[npt.NDArray[np.generic], Float64Array]:
+    """Flip voxel axes 0 and 1 so rows run like a scanner's: the row direction (axis 0) along
+    +x or +y of LPS (towards the patient's left or back), the column direction (axis 1) along
+    +x/+y, or towards the feet when it is mostly head-foot (coronal, sagittal)."""
+    affine = np.array(affine_ras, dtype=np.float64)
+    out = data
+    for axis in (0, 1):
+        direction = (RAS_TO_LPS @ affine)[:3, axis]
+        dominant = int(np.argmax(np.abs(direction)))
+        wanted = -1.0 if (axis == 1 and dominant == 2) else 1.0
+        if np.sign(direction[dominant]) != wanted:
+            n = out.shape[axis]
+            out = np.flip(out, axis=axis)
+            affine[:3, 3] += affine[:3, axis] * (n - 1)
+            affine[:3, axis] *= -1.0
+    return np.ascontiguousarray(out), affine
 
 
 def slice_geometry(affine_ras: npt.ArrayLike, n_slices: int) -> SliceGeometry:
@@ -322,7 +344,7 @@ def _write_series(
     series_dir: Path,
     new_uid: UIDMaker,
 ) -> WrittenSeries:
-    data, affine = load_volume(source)
+    data, affine = display_order(*load_volume(source))
     pixels = stored_pixels(data)
     columns, rows, n_slices = pixels.voxels.shape
     geometry = slice_geometry(affine, n_slices)

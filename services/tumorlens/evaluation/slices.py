@@ -17,19 +17,15 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from tumorlens.errors import TumorlensError
+from tumorlens.errors import EvaluationDataError, SliceImageError
 from tumorlens.evaluation.report import Skipped, SliceReport, build_report
 from tumorlens.inference.card import ModelCard, resolve_model
-from tumorlens.inference.preprocess import SliceImageError, preprocess_file
+from tumorlens.inference.preprocess import preprocess_file
 from tumorlens.inference.session import create_session
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
-
-
-class EvaluationDataError(TumorlensError):
-    """The evaluation folder cannot be evaluated (missing, empty, unknown class folders)."""
 
 
 @dataclass(frozen=True)

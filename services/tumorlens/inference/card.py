@@ -12,18 +12,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from tumorlens.errors import TumorlensError
+from tumorlens.errors import ModelCardError, ModelIntegrityError
 
 CARD_SUFFIX = ".json"
 MODEL_SUFFIX = ".onnx"
-
-
-class ModelCardError(TumorlensError):
-    """A model or its card is missing, malformed or inconsistent."""
-
-
-class ModelIntegrityError(ModelCardError):
-    """The model file's sha256 differs from its card's."""
 
 
 @dataclass(frozen=True)

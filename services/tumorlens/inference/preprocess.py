@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from tumorlens.errors import TumorlensError
+from tumorlens.errors import SliceImageError
 
 # PIL modes holding one grey channel; anything else but RGB is refused rather than guessed at.
 GREY_MODES: Final = frozenset({"L", "I", "I;16", "I;16B", "I;16L", "F"})
@@ -25,15 +25,6 @@ RGB_MODE: Final = "RGB"
 _EPS: Final = 1e-6
 
 FloatImage = NDArray[np.float32]
-
-
-class SliceImageError(TumorlensError):
-    """An image file cannot be used as a slice (undecodable, or wrong channel count)."""
-
-    def __init__(self, source: str, reason: str) -> None:
-        super().__init__(f"{source}: {reason}")
-        self.source = source
-        self.reason = reason
 
 
 def open_slice(path: Path) -> Image.Image:

@@ -17,7 +17,7 @@ from typing import Final, NoReturn, TypeVar
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from tumorlens.errors import TumorlensError, grpc_code_for
+from tumorlens.errors import InvalidRequestError, ServerBusyError, TumorlensError, grpc_code_for
 from tumorlens.identifiers import validate_uid
 from tumorlens.status.health import HealthProbe
 from tumorlens.status.v1 import status_pb2 as pb
@@ -49,17 +49,8 @@ MIN_POLL_INTERVAL: Final = 0.05
 MAX_POLL_INTERVAL: Final = 5.0
 
 
-class RejectedError(Exception):
-    """Ends a call with a code of its own: a malformed request or an overloaded server,
-    which are not domain errors and so not in :mod:`tumorlens.errors`."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _bad_request(message: str) -> RejectedError:
-    return RejectedError(grpc.StatusCode.INVALID_ARGUMENT, message)
+def _bad_request(message: str) -> InvalidRequestError:
+    return InvalidRequestError(message)
 
 
 def _timestamp(seconds: float) -> Timestamp | None:
@@ -104,9 +95,7 @@ def study_message(job: Job) -> pb.Study:
 
 def _abort(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
     """End the call with the status code ``exc`` maps to (``context.abort`` raises)."""
-    if isinstance(exc, RejectedError):
-        context.abort(exc.code, str(exc))
-    elif isinstance(exc, TumorlensError):
+    if isinstance(exc, TumorlensError):
         context.abort(grpc_code_for(exc), str(exc))
     else:
         log.error("status API call failed", exc_info=exc)
@@ -186,9 +175,7 @@ class StudyStatusServicer(status_pb2_grpc.StudyStatusServicer):
     @contextlib.contextmanager
     def _watch_slot(self) -> Iterator[None]:
         if not self._watch_slots.acquire(blocking=False):
-            raise RejectedError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, "too many WatchStudy calls; try again later"
-            )
+            raise ServerBusyError("too many WatchStudy calls; try again later")
         with self._lock:
             self._active_watches += 1
         try:

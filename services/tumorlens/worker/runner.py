@@ -10,25 +10,51 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from tumorlens.analysis.analyse import analyse
+from tumorlens.analysis.instances import StudyInstances
+from tumorlens.analysis.models import ModelSet
 from tumorlens.config import Settings
-from tumorlens.errors import InvalidTransitionError, JobStoreUnavailableError, TumorlensError
+from tumorlens.errors import (
+    DeliveryError,
+    InvalidTransitionError,
+    JobStoreUnavailableError,
+    TumorlensError,
+)
 from tumorlens.listener.spool import Spool
+from tumorlens.sender.deliver import RetryPolicy, deliver, resolve_destinations
+from tumorlens.sender.outbox import Outbox
 from tumorlens.store.jobs import AttemptDecision, JobRef, JobStore
 from tumorlens.store.states import JobState
-from tumorlens.worker.inspect import inspect_study
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass
 class WorkerContext:
-    """What a worker process holds for its lifetime (models will live here too)."""
+    """What a worker process holds for its lifetime: job store, spool, outbox and the models
+    (ONNX Runtime sessions, loaded at the first study and kept)."""
 
     settings: Settings
     jobs: JobStore
     spool: Spool
+    retry_policy: RetryPolicy | None = None
+    _models: ModelSet | None = field(default=None, repr=False)
+
+    @property
+    def models(self) -> ModelSet:
+        if self._models is None:
+            self._models = ModelSet.load(self.settings)
+        return self._models
+
+    @property
+    def outbox(self) -> Outbox:
+        return Outbox(self.settings.outbox_dir)
+
+    @property
+    def delivery_policy(self) -> RetryPolicy:
+        return self.retry_policy or RetryPolicy(attempts=max(1, self.settings.delivery_attempts))
 
 
 def worker_identity() -> str:
@@ -48,10 +74,7 @@ def run_job(ref: JobRef, ctx: WorkerContext) -> JobState:
         if ctx.settings.debug_task_pause > 0:
             ctx.jobs.set_step(ref, JobState.RUNNING, "debug-pause")
             time.sleep(ctx.settings.debug_task_pause)
-        ctx.jobs.set_step(ref, JobState.RUNNING, "inspect-series")
-        summary = inspect_study(ctx.spool, ref.study_instance_uid)
-        ctx.jobs.set_details(ref, **summary.as_details())
-        ctx.jobs.transition(ref, JobState.DONE)
+        _analyse_and_send(ref, ctx)
         return JobState.DONE
     except JobStoreUnavailableError:
         raise  # the Celery task retries with backoff; nothing to record without Redis
@@ -67,6 +90,36 @@ def run_job(ref: JobRef, ctx: WorkerContext) -> JobState:
         log.exception("study %s v%d: internal error", *_ids(ref))
         _fail(ctx, ref, f"internal error: {type(exc).__name__}: {exc}")
         return JobState.FAILED
+
+
+def _analyse_and_send(ref: JobRef, ctx: WorkerContext) -> None:
+    """The pipeline's steps, each in the job timeline; results to the outbox, then sent."""
+    ctx.jobs.set_step(ref, JobState.RUNNING, "load-models")
+    models = ctx.models
+    instances = StudyInstances.from_spool(ctx.spool, ref.study_instance_uid)
+    analysis = analyse(
+        instances,
+        ref.version,
+        models,
+        ctx.settings,
+        on_step=lambda step: ctx.jobs.set_step(ref, JobState.RUNNING, step),
+    )
+    ctx.jobs.set_details(ref, **analysis.result)
+    ctx.jobs.set_step(ref, JobState.RUNNING, "outbox")
+    batch = ctx.outbox.write(ref.study_instance_uid, ref.version, analysis.objects)
+    ctx.jobs.set_step(ref, JobState.SENDING, "deliver")
+    job = ctx.jobs.get(ref.study_instance_uid, ref.version)
+    try:
+        destinations = resolve_destinations(ctx.settings, job.calling_aet)
+        report = deliver(batch, destinations, ctx.settings.ae_title, ctx.delivery_policy)
+    except DeliveryError as exc:
+        raise DeliveryError(
+            f"{exc}; the results stay in {batch.folder} (tumorlens resend {ref.study_instance_uid})"
+        ) from exc
+    ctx.jobs.set_details(
+        ref, delivered={k: v for k, v in report.sent.items()}, delivery_attempts=report.attempts
+    )
+    ctx.jobs.transition(ref, JobState.DONE)
 
 
 def _fail(ctx: WorkerContext, ref: JobRef, reason: str) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 
-from tumorlens.errors import TumorlensError
+from tumorlens.errors import WriterError
 from tumorlens.identifiers import validate_uid
 from tumorlens.inference.card import ModelCard
 from tumorlens.writers import codes
@@ -30,12 +30,11 @@ PROBABILITY_SUM_TOLERANCE: Final = 1e-3
 # Namespace of the name-based UUIDs behind result UIDs (PS3.5 B.2); fixed for tumorlens.
 UID_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "urn:tumorlens:result-objects")
 
+#: ModelIdentity.task of the 2D classifier whose opinion is ``Findings.slice_types``.
+SLICE_CLASSIFICATION: Final = "slice-classification"
+
 LabelMap = npt.NDArray[np.uint8]
 ActivationMap = npt.NDArray[np.float32]
-
-
-class WriterError(TumorlensError):
-    """Findings or a reference series that no DICOM result object can be made from."""
 
 
 class Side(StrEnum):
@@ -140,6 +139,10 @@ class Findings:
     study_version: int
     sequences_used: tuple[str, ...] = ()
     activation_map: ActivationMap | None = None
+    # The 2D slice classifier's study-level opinion (model task "slice-classification"),
+    # and what a reader should know about how the findings were made (missing sequences...).
+    slice_types: tuple[TypeProbability, ...] = ()
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         series = self.reference_series
@@ -179,6 +182,14 @@ class Findings:
             raise WriterError("tumour type probabilities must lie in 0..1")
         if abs(sum(probabilities) - 1.0) > PROBABILITY_SUM_TOLERANCE:
             raise WriterError("tumour type probabilities must sum to 1")
+        if self.slice_types:
+            values = [t.probability for t in self.slice_types]
+            if any(not 0.0 <= p <= 1.0 for p in values) or (
+                abs(sum(values) - 1.0) > PROBABILITY_SUM_TOLERANCE
+            ):
+                raise WriterError("slice type probabilities must lie in 0..1 and sum to 1")
+            if not any(m.task == SLICE_CLASSIFICATION for m in self.models):
+                raise WriterError("slice type probabilities need a slice-classification model")
         if not self.models:
             raise WriterError("at least one model identity is needed")
         if self.study_version < 1:
@@ -210,6 +221,9 @@ class Findings:
         """The probability of :attr:`grade`."""
         p = self.hgg_probability
         return p if p >= 0.5 else 1.0 - p
+
+    def slice_classifier(self) -> ModelIdentity | None:
+        return next((m for m in self.models if m.task == SLICE_CLASSIFICATION), None)
 
     def segmentation_models(self) -> tuple[ModelIdentity, ...]:
         """The models that made the label map (all models when none says segmentation)."""

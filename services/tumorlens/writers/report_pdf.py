@@ -125,6 +125,14 @@ def findings_rows(findings: Findings) -> list[tuple[str, str]]:
     ranked = sorted(findings.tumour_types, key=lambda t: -t.probability)
     rows.append(("Most probable type", f"{ranked[0].display} (p = {ranked[0].probability:.2f})"))
     rows.extend((f"  p({t.display})", f"{t.probability:.2f}") for t in ranked)
+    if findings.slice_types:
+        opinion = sorted(findings.slice_types, key=lambda t: -t.probability)
+        rows.append(
+            (
+                "2D slice classifier (T1c)",
+                ", ".join(f"{t.display} {t.probability:.2f}" for t in opinion),
+            )
+        )
     return rows
 
 
@@ -254,6 +262,7 @@ def render_pdf(findings: Findings, generated: datetime) -> bytes:
     used = ", ".join(SEQUENCE_NAMES.get(s, s) for s in findings.sequences_used) or "-"
     model_rows.append(("Sequences used", used))
     model_rows.append(("Reference series", str(source.get("SeriesDescription", "")) or "-"))
+    model_rows.extend(("Note", note[:90]) for note in findings.notes[:4])
     _table(fig.add_subplot(grid[5, 1:]), model_rows, "Models and inputs", fontsize=7.5)
 
     fig.text(

@@ -20,8 +20,9 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
+from tumorlens.errors import WriterError
 from tumorlens.writers import codes
-from tumorlens.writers.findings import Findings, LabelMap, WriterError, set_software_versions
+from tumorlens.writers.findings import Findings, LabelMap, set_software_versions
 
 SEG_SERIES_NUMBER: Final = 901
 SERIES_DESCRIPTION: Final = "AI SEG - research use only"

@@ -24,9 +24,15 @@ from typing import Final
 import highdicom as hd
 from pydicom.dataset import Dataset
 
+from tumorlens.errors import WriterError
 from tumorlens.writers import codes
 from tumorlens.writers.codes import Concept
-from tumorlens.writers.findings import Findings, ModelIdentity, Side, set_software_versions
+from tumorlens.writers.findings import (
+    Findings,
+    ModelIdentity,
+    Side,
+    set_software_versions,
+)
 from tumorlens.writers.seg import MANUFACTURER, label_for_segment
 
 SR_SERIES_NUMBER: Final = 902
@@ -47,9 +53,30 @@ def _algorithm(model: ModelIdentity) -> hd.sr.AlgorithmIdentification:
 
 
 def _classifier(findings: Findings) -> ModelIdentity:
-    """The model behind the type / grade probabilities (the first non-segmentation one)."""
-    others = [m for m in findings.models if m.task != "segmentation"]
-    return others[0] if others else findings.models[0]
+    """The model behind the type / grade probabilities: a "classification" model when there is
+    one, else the segmentation model (a 3D network with a type head does both)."""
+    chosen = [m for m in findings.models if m.task == "classification"]
+    return chosen[0] if chosen else findings.segmentation_models()[0]
+
+
+def slice_probability_groups(
+    findings: Findings,
+) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """TID 1501 per tumour type of the 2D slice classifier's study-level opinion."""
+    model = findings.slice_classifier()
+    if model is None or not findings.slice_types:
+        return []
+    return [
+        hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=findings.uid(f"sr.slice-probability.{t.name}"),
+                identifier=f"Slice classifier probability: {t.display}"[:64],
+            ),
+            finding_type=t.concept.coded(),
+            measurements=[probability(t.probability, model)],
+        )
+        for t in findings.slice_types
+    ]
 
 
 def observation_context(findings: Findings) -> hd.sr.ObservationContext:
@@ -95,10 +122,44 @@ def probability(value: float, model: ModelIdentity) -> hd.sr.Measurement:
     )
 
 
+def referenced_segment(seg: Dataset, number: int) -> hd.sr.ReferencedSegment:
+    """TID 1411 Referenced Segment with the source images of the segment's frames.
+
+    highdicom's ``ReferencedSegment.from_segmentation`` reads Segment Identification from each
+    frame, but a SEG with one segment (or a LABELMAP SEG) keeps it in the Shared Functional
+    Groups, so the frames are walked here with either place in mind.
+    """
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    seen: dict[str, hd.sr.SourceImageForSegmentation] = {}
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        ident = item.get("SegmentIdentificationSequence") or shared.get(
+            "SegmentIdentificationSequence"
+        )
+        if ident and int(ident[0].ReferencedSegmentNumber) != number:
+            continue
+        for derivation in item.get("DerivationImageSequence", []):
+            for source in derivation.get("SourceImageSequence", []):
+                uid = str(source.ReferencedSOPInstanceUID)
+                seen.setdefault(
+                    uid,
+                    hd.sr.SourceImageForSegmentation(str(source.ReferencedSOPClassUID), uid),
+                )
+    if not seen:
+        raise WriterError(f"segment {number} of the SEG references no source image")
+    return hd.sr.ReferencedSegment(
+        sop_class_uid=str(seg.SOPClassUID),
+        sop_instance_uid=str(seg.SOPInstanceUID),
+        segment_number=number,
+        source_images=list(seen.values()),
+    )
+
+
 def region_groups(
-    findings: Findings, seg: Dataset
+    findings: Findings, seg: Dataset | None
 ) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
     """One TID 1411 group per segment of ``seg``, measured from the findings."""
+    if seg is None:
+        return []  # nothing segmented: no SEG, so no per-region groups
     model = findings.segmentation_models()[0]
     groups = []
     for item in seg.SegmentSequence:
@@ -109,7 +170,7 @@ def region_groups(
                 tracking_identifier=hd.sr.TrackingIdentifier(
                     uid=findings.uid(f"sr.roi.{region.key}"), identifier=region.display
                 ),
-                referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, number),
+                referenced_segment=referenced_segment(seg, number),
                 finding_type=region.property_type.coded(),
                 finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE.coded(),
                 finding_sites=[hd.sr.FindingSite(codes.BRAIN.coded())],
@@ -170,7 +231,7 @@ def probability_groups(findings: Findings) -> list[hd.sr.MeasurementsAndQualitat
     ]
 
 
-def measurement_report(findings: Findings, seg: Dataset) -> hd.sr.MeasurementReport:
+def measurement_report(findings: Findings, seg: Dataset | None) -> hd.sr.MeasurementReport:
     """The TID 1500 content tree, with the research-use statement as a Comment."""
     report = hd.sr.MeasurementReport(
         observation_context=observation_context(findings),
@@ -179,6 +240,7 @@ def measurement_report(findings: Findings, seg: Dataset) -> hd.sr.MeasurementRep
             *region_groups(findings, seg),
             whole_tumour_group(findings),
             *probability_groups(findings),
+            *slice_probability_groups(findings),
         ],
         language_of_content_item_and_descendants=hd.sr.LanguageOfContentItemAndDescendants(
             ENGLISH_US.coded()
@@ -194,15 +256,16 @@ def measurement_report(findings: Findings, seg: Dataset) -> hd.sr.MeasurementRep
     return report
 
 
-def build_sr(findings: Findings, seg: Dataset) -> hd.sr.Comprehensive3DSR:
+def build_sr(findings: Findings, seg: Dataset | None) -> hd.sr.Comprehensive3DSR:
     """A new SR series in the source study referencing ``seg`` (as built by
     :func:`tumorlens.writers.seg.build_seg` for the same findings), deterministic UIDs.
+    ``seg`` is None when nothing was segmented: then the report states volume 0.
 
     Completion COMPLETE, Verification UNVERIFIED, Preliminary PRELIMINARY: nobody signed it.
     """
     source = findings.reference_series[0]
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[*findings.reference_series, seg],
+        evidence=[*findings.reference_series, *([seg] if seg is not None else [])],
         content=measurement_report(findings, seg)[0],
         series_instance_uid=findings.uid("sr.series"),
         series_number=SR_SERIES_NUMBER,

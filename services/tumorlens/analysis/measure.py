@@ -1,0 +1,122 @@
+"""From the model's label map on the reference grid to what the report states about it.
+
+The label map here is on the aligned study's grid (voxel ``(column, row, slice)`` of the
+reference series, RAS affine). Cleaning:
+
+* labels further than ``BRAIN_MARGIN_MM`` from the brain mask are dropped (orbits, scalp,
+  neck: the model never saw those as tumour; extra-axial meningiomas lie within the margin);
+* whole-tumour connected components smaller than ``min_lesion_ml`` are dropped (speckle).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+from tumorlens.pipeline.grid import voxel_volume_ml
+from tumorlens.writers.findings import Measurements, Side
+
+BRAIN_MARGIN_MM: Final = 8.0
+# Whole tumour with more than ONE_SIDE_SHARE of its volume on one side of the mid-sagittal
+# plane is on that side; tumour on both sides is midline when at least MIDLINE_SHARE of it
+# lies within MIDLINE_MM of the plane (pituitary, corpus callosum), else bilateral.
+ONE_SIDE_SHARE: Final = 0.9
+MIDLINE_MM: Final = 8.0
+MIDLINE_SHARE: Final = 0.25
+LPS_FROM_RAS: Final = np.diag([-1.0, -1.0, 1.0])
+
+LabelVolume = npt.NDArray[np.uint8]
+Affine = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class Cleaning:
+    removed_outside_brain_ml: float
+    removed_small_ml: float
+    components_removed: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "removed_outside_brain_ml": round(self.removed_outside_brain_ml, 3),
+            "removed_small_ml": round(self.removed_small_ml, 3),
+            "components_removed": self.components_removed,
+        }
+
+
+def _structure() -> npt.NDArray[np.bool_]:
+    structure: npt.NDArray[np.bool_] = ndimage.generate_binary_structure(3, 3)
+    return structure  # 26-connected: thick slices touch diagonally
+
+
+def clean_labels(
+    labels: LabelVolume,
+    affine: Affine,
+    brain: npt.NDArray[np.uint8] | None,
+    min_lesion_ml: float,
+) -> tuple[LabelVolume, Cleaning]:
+    """Labels kept near the brain and in components of at least ``min_lesion_ml``."""
+    out = labels.copy()
+    voxel_ml = voxel_volume_ml(affine)
+    outside_ml = 0.0
+    if brain is not None and brain.any():
+        zooms = np.linalg.norm(affine[:3, :3], axis=0)
+        distance = ndimage.distance_transform_edt(brain == 0, sampling=zooms)
+        far = (distance > BRAIN_MARGIN_MM) & (out > 0)
+        outside_ml = float(far.sum()) * voxel_ml
+        out[far] = 0
+    components, count = ndimage.label(out > 0, structure=_structure())
+    small_ml, removed = 0.0, 0
+    if count:
+        sizes = np.bincount(components.ravel())[1:] * voxel_ml
+        small = np.flatnonzero(sizes < min_lesion_ml) + 1
+        if small.size:
+            drop = np.isin(components, small)
+            small_ml = float(drop.sum()) * voxel_ml
+            removed = int(small.size)
+            out[drop] = 0
+    return out, Cleaning(outside_ml, small_ml, removed)
+
+
+def measure(labels: LabelVolume, affine: Affine, subject_to_mni: Affine | None) -> Measurements:
+    """Volumes per label, lesion count, side and centroid of a cleaned label map."""
+    voxel_ml = voxel_volume_ml(affine)
+    counts = np.bincount(labels.ravel(), minlength=4)
+    volumes = {k: float(counts[k]) * voxel_ml for k in (1, 2, 3) if counts[k]}
+    tumour = labels > 0
+    _, lesions = ndimage.label(tumour, structure=_structure())
+    if not tumour.any():
+        return Measurements(volumes, 0, Side.MIDLINE, None)
+    idx = np.argwhere(tumour).astype(np.float64)
+    ras = idx @ affine[:3, :3].T + affine[:3, 3]
+    centroid_ras = ras.mean(axis=0)
+    centroid_lps = LPS_FROM_RAS @ centroid_ras
+    # Right (+x in RAS and MNI) or left of the mid-sagittal plane: in MNI space when the brain
+    # was placed there (a turned head has no mid-sagittal plane at x = 0), else scanner RAS.
+    if subject_to_mni is not None:
+        x = ras @ subject_to_mni[0, :3] + subject_to_mni[0, 3]
+    else:
+        x = ras[:, 0]
+    right_share = float(np.mean(x > 0))
+    near_plane = float(np.mean(np.abs(x) <= MIDLINE_MM))
+    if right_share >= ONE_SIDE_SHARE:
+        side = Side.RIGHT
+    elif right_share <= 1.0 - ONE_SIDE_SHARE:
+        side = Side.LEFT
+    elif near_plane >= MIDLINE_SHARE:
+        side = Side.MIDLINE
+    else:
+        side = Side.BILATERAL
+    return Measurements(
+        volumes_ml=volumes,
+        lesion_count=int(lesions),
+        side=side,
+        centroid_lps=(
+            round(float(centroid_lps[0]), 2),
+            round(float(centroid_lps[1]), 2),
+            round(float(centroid_lps[2]), 2),
+        ),
+    )
