@@ -111,7 +111,7 @@ class VolumeModel:
         results = self.session.run(outputs, {self.card.input_name: prepared.image[None]})
         probs = softmax(np.asarray(results[0])[0], axis=0)
         type_probs = softmax(np.asarray(results[1])[0])
-        labels = probabilities_to_native(probs, prepared.affine, native_affine, native_shape)
+        labels = labels_on_native(probs, prepared.affine, native_affine, native_shape)
         cam = None
         if want_cam:
             cam = self._activation(np.asarray(results[2])[0], int(np.argmax(type_probs)), prepared)
@@ -147,3 +147,41 @@ class VolumeModel:
         shift = np.eye(4)
         shift[:3, 3] = (stride - 1) / 2.0
         return np.asarray(prepared.affine @ shift @ scale, dtype=np.float64)
+
+
+def labels_on_native(
+    probs: NDArray[np.float32],
+    grid: Affine,
+    native_affine: NDArray[np.float64],
+    native_shape: Sequence[int],
+) -> NDArray[np.uint8]:
+    """:func:`probabilities_to_native`, computed only where a label can come out.
+
+    A native voxel interpolates (trilinearly) 8 model-grid voxels; when background is the most
+    probable class at each of them it is at their weighted mean too, so only native voxels near
+    grid voxels labelled as tumour can be tumour. Resampling just their bounding box saves
+    most of the work on a 240 x 240 x 155 reference grid.
+    """
+    shape = tuple(int(n) for n in native_shape)
+    out = np.zeros(shape, dtype=np.uint8)
+    tumour = np.argmax(probs, axis=0) != 0
+    if not tumour.any():
+        return out
+    idx = np.argwhere(tumour)
+    lo, hi = idx.min(axis=0) - 1.0, idx.max(axis=0) + 1.0
+    corners = np.array(
+        [[x, y, z, 1.0] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]
+    )
+    to_native = np.linalg.inv(native_affine) @ grid
+    native = (to_native @ corners.T).T[:, :3]
+    start = np.clip(np.floor(native.min(axis=0)).astype(int) - 1, 0, shape)
+    stop = np.clip(np.ceil(native.max(axis=0)).astype(int) + 2, 0, shape)
+    if np.any(stop <= start):
+        return out
+    shift = np.eye(4)
+    shift[:3, 3] = start
+    box = tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))
+    out[box] = probabilities_to_native(
+        probs, grid, native_affine @ shift, [int(b - a) for a, b in zip(start, stop, strict=True)]
+    )
+    return out

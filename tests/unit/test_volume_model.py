@@ -1,0 +1,36 @@
+"""The runtime 3D model's resampling shortcut gives exactly the full resampling's labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tumorlens.inference.preprocess3d import probabilities_to_native
+from tumorlens.inference.volume_model import labels_on_native
+
+GRID = np.diag([3.0, 3.0, 3.0, 1.0])
+GRID[:3, 3] = [-30.0, -36.0, -30.0]
+# An oblique, flipped, thick-slice native grid like TCGA-FG-6692's.
+NATIVE = np.array(
+    [[0.9, 0.05, 0.0, -100.0], [0.0, -0.9, 0.1, 110.0], [0.02, 0.0, 5.5, -60.0], [0, 0, 0, 1.0]]
+)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_labels_on_native_equal_the_full_resampling(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    probs = np.zeros((4, 20, 24, 20), np.float32)
+    probs[0] = 1.0
+    x, y, z = rng.integers(2, 14, size=3)
+    probs[:, x : x + 5, y : y + 6, z : z + 4] = rng.random((4, 5, 6, 4))
+    probs /= probs.sum(axis=0, keepdims=True)
+    shape = (256, 224, 26)
+    fast = labels_on_native(probs, GRID, NATIVE, shape)
+    np.testing.assert_array_equal(fast, probabilities_to_native(probs, GRID, NATIVE, shape))
+    assert fast.any()
+
+
+def test_no_tumour_on_the_grid_is_no_label_anywhere() -> None:
+    probs = np.zeros((4, 8, 8, 8), np.float32)
+    probs[0] = 1.0
+    assert not labels_on_native(probs, GRID, NATIVE, (64, 64, 10)).any()
