@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
+# What series selection and the writers read, copied from the classic instances.
+_COPIED = (
+    "PatientName", "StudyDate", "StudyTime", "AccessionNumber", "StudyID", "SeriesNumber",
+    "SeriesDescription", "ProtocolName", "ScanningSequence", "SequenceVariant",
+    "RepetitionTime", "EchoTime", "InversionTime", "ContrastBolusAgent", "ImageType",
+    "Manufacturer", "MagneticFieldStrength",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -72,3 +84,49 @@ def write_study(
             ds.save_as(path, enforce_file_format=True)
             paths.append(path)
     return SyntheticStudy(study_uid, series_uids, tuple(paths))
+
+
+def enhanced_mr(paths: Sequence[Path], path: Path) -> Path:
+    """Classic MR instances as one Enhanced MR instance (frames in scrambled order), with the
+    attributes series selection reads copied over."""
+    classic = [pydicom.dcmread(p) for p in paths]
+    order = np.random.default_rng(0).permutation(len(classic))
+    first = classic[0]
+    ds = Dataset()
+    for keyword in (*_COPIED, "PatientID", "StudyInstanceUID", "SeriesInstanceUID",
+                    "FrameOfReferenceUID"):  # fmt: skip
+        if keyword in first:
+            setattr(ds, keyword, getattr(first, keyword))
+    ds.SOPClassUID = ENHANCED_MR
+    ds.SOPInstanceUID = generate_uid()
+    ds.Modality = "MR"
+    ds.NumberOfFrames = len(classic)
+    for keyword in ("Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit"):
+        setattr(ds, keyword, getattr(first, keyword))
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelRepresentation = first.PixelRepresentation
+    measures = Dataset()
+    measures.PixelSpacing = first.PixelSpacing
+    measures.SliceThickness = first.SliceThickness
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = first.ImageOrientationPatient
+    shared = Dataset()
+    shared.PixelMeasuresSequence = DicomSequence([measures])
+    shared.PlaneOrientationSequence = DicomSequence([orientation])
+    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    frames = []
+    for i in order:
+        position = Dataset()
+        position.ImagePositionPatient = copy.deepcopy(classic[i].ImagePositionPatient)
+        frame = Dataset()
+        frame.PlanePositionSequence = DicomSequence([position])
+        frames.append(frame)
+    ds.PerFrameFunctionalGroupsSequence = DicomSequence(frames)
+    ds.PixelData = b"".join(classic[i].PixelData for i in order)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ENHANCED_MR
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 
 from tests.helpers.dicom_peers import StoreSCP, free_port, run_storescp
-from tests.helpers.synthetic import mr_instance
+from tests.helpers.synthetic import enhanced_mr, mr_instance
 from tumorlens.config import Destination, load_settings
 from tumorlens.dicomio.make_study import WrittenStudy
 from tumorlens.identifiers import InstanceKey
@@ -216,3 +216,23 @@ def test_a_cancelled_job_is_not_run(ctx: WorkerContext, tcga_dicom: WrittenStudy
     ctx.jobs.transition(ref, JobState.CANCELLED, reason="operator")
     assert run_job(ref, ctx) is JobState.CANCELLED
     assert ctx.jobs.get(ref.study_instance_uid).attempts == 0
+
+
+def test_a_multi_frame_t1c_leaves_flair_as_the_reference(
+    ctx: WorkerContext, tcga_dicom: WrittenStudy, tmp_path: Path, scp: StoreSCP
+) -> None:
+    """Enhanced MR T1c is analysed; the result objects reference the classic FLAIR series."""
+    by_sequence = {s.sequence: s for s in tcga_dicom.series}
+    enhanced = enhanced_mr(by_sequence["t1c"].paths, tmp_path / "t1c-enhanced.dcm")
+    paths = [p for s in ("t1", "t2", "flair") for p in by_sequence[s].paths] + [enhanced]
+    ref = spool(ctx, paths)
+    assert run_job(ref, ctx) is JobState.DONE, ctx.jobs.get(ref.study_instance_uid).error
+    details = ctx.jobs.get(ref.study_instance_uid).details
+    assert details["sequences_used"] == ["t1", "t1c", "t2", "flair"]
+    assert details["alignment"]["reference"] == "flair"
+    sr = received(scp)[SR]
+    evidence = {
+        s.SeriesInstanceUID
+        for s in sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+    }
+    assert by_sequence["flair"].series_instance_uid in evidence

@@ -75,6 +75,11 @@ def test_two_lesions_either_side_are_bilateral_and_midline_ones_midline() -> Non
     middle = np.zeros(shape, np.uint8)
     middle[ball(shape, (20, 20, 10), 4)] = 3
     assert measure(middle, AFFINE, None).side is Side.MIDLINE
+    middle[ball(shape, (32, 20, 30), 3)] = 2  # and a lesion on the right
+    assert measure(middle, AFFINE, None).side is Side.RIGHT
+    straddling = np.zeros(shape, np.uint8)
+    straddling[0:40, 18:22, 18:22] = 2  # across the plane, 22 % of it within 8 mm
+    assert measure(straddling, AFFINE, None).side is Side.BILATERAL
 
 
 def test_no_tumour_measures_nothing() -> None:
@@ -124,3 +129,17 @@ def test_result_settings() -> None:
         load_settings(environ={"TUMORLENS_BURNED_OVERLAYS": "maybe"})
     with pytest.raises(ConfigurationError, match="segmentation_type"):
         load_settings(environ={"TUMORLENS_SEGMENTATION_TYPE": "RLE"})
+
+
+def test_key_images_go_through_the_main_lesion() -> None:
+    from tumorlens.writers.report_pdf import key_slices
+
+    labels = np.zeros((26, 8, 8), np.uint8)
+    labels[3, 4, 4] = 3  # a speck low in the stack
+    labels[15:19, 2:7, 2:7] = 2  # the lesion, largest on slice 16
+    labels[16, 1:8, 1:8] = 2
+    assert key_slices(labels) == [15, 16, 17]
+    single = np.zeros((26, 8, 8), np.uint8)
+    single[0, 2:5, 2:5] = 1  # on the first slice only: it and its next neighbours
+    assert key_slices(single) == [0, 1, 2]
+    assert key_slices(np.zeros((26, 8, 8), np.uint8)) == [6, 13, 19]

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from tests.helpers.synthetic import enhanced_mr
 from tumorlens.dicomio.make_study import WrittenSeries, make_study
 from tumorlens.errors import NoUsableSeriesError
 from tumorlens.pipeline.volumes import (
@@ -21,8 +18,6 @@ from tumorlens.pipeline.volumes import (
     series_volume,
     study_volumes,
 )
-
-ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
 
 
 def _affine() -> np.ndarray:
@@ -129,47 +124,7 @@ def test_study_goes_on_without_a_dropped_series_and_fails_without_any(tmp_path: 
 
 
 def _enhanced(series: WrittenSeries, out: Path) -> Path:
-    """The classic instances as one Enhanced MR instance, frames in scrambled order."""
-    classic = [pydicom.dcmread(p) for p in series.paths]
-    order = np.random.default_rng(0).permutation(len(classic))
-    first = classic[0]
-    ds = Dataset()
-    for keyword in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
-        setattr(ds, keyword, getattr(first, keyword))
-    ds.SOPClassUID = ENHANCED_MR
-    ds.SOPInstanceUID = generate_uid()
-    ds.Modality = "MR"
-    ds.NumberOfFrames = len(classic)
-    for keyword in ("Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit"):
-        setattr(ds, keyword, getattr(first, keyword))
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.PixelRepresentation = first.PixelRepresentation
-    measures = Dataset()
-    measures.PixelSpacing = first.PixelSpacing
-    measures.SliceThickness = first.SliceThickness
-    orientation = Dataset()
-    orientation.ImageOrientationPatient = first.ImageOrientationPatient
-    shared = Dataset()
-    shared.PixelMeasuresSequence = DicomSequence([measures])
-    shared.PlaneOrientationSequence = DicomSequence([orientation])
-    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
-    frames = []
-    for i in order:
-        position = Dataset()
-        position.ImagePositionPatient = copy.deepcopy(classic[i].ImagePositionPatient)
-        frame = Dataset()
-        frame.PlanePositionSequence = DicomSequence([position])
-        frames.append(frame)
-    ds.PerFrameFunctionalGroupsSequence = DicomSequence(frames)
-    ds.PixelData = b"".join(classic[i].PixelData for i in order)
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ENHANCED_MR
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    path = out / "enhanced.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return enhanced_mr(series.paths, out / "enhanced.dcm")
 
 
 def test_enhanced_mr_multiframe_gives_the_same_volume(tmp_path: Path) -> None:

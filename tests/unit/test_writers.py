@@ -289,7 +289,7 @@ def test_sr_reads_back_with_every_measurement(case: Case, seg_path: Path, tmp_pa
         for item in sr.ContentSequence
         if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == "121106"
     ]
-    assert comments == [DISCLAIMER]
+    assert comments == [DISCLAIMER, *f.notes]
 
     report = hd.sr.MeasurementReport.from_sequence([sr])
     observers = report.get_observer_contexts()

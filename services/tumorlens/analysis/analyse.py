@@ -29,7 +29,7 @@ from tumorlens.config import Settings
 from tumorlens.dicomio.mr_headers import SEQUENCES
 from tumorlens.errors import NoUsableSeriesError, StudyProcessingError
 from tumorlens.pipeline.brain_mask import BrainMask, extract_brain
-from tumorlens.pipeline.grid import AlignedStudy, align_sequences
+from tumorlens.pipeline.grid import REFERENCE_ORDER, AlignedStudy, align_sequences
 from tumorlens.pipeline.series_selection import DISPLAY, select_series
 from tumorlens.pipeline.volumes import SeriesVolume, StudyVolumes, selected_volumes
 from tumorlens.writers.findings import Findings
@@ -118,14 +118,9 @@ def analyse(
         ]
         notes += list(volumes.warnings)
     with steps.step("align"):
-        aligned = align_sequences(volumes.volumes)
+        aligned = align_sequences(volumes.volumes, reference=_writer_reference(volumes))
         notes += list(aligned.warnings)
     reference = volumes.volumes[aligned.reference]
-    if any(s.frame is not None for s in reference.slices):
-        raise StudyProcessingError(
-            f"the reference series ({DISPLAY[aligned.reference]}) is multi-frame (Enhanced MR):"
-            " result objects for multi-frame references are not supported yet"
-        )
     with steps.step("brain-mask"):
         brain = extract_brain(aligned, settings.models_dir)
         notes += list(brain.warnings)
@@ -218,6 +213,19 @@ def build_objects(findings: Findings, settings: Settings) -> list[tuple[str, Dat
     if settings.burned_overlays:
         objects += [("SC", sc) for sc in build_sc(findings)]
     return objects
+
+
+def _writer_reference(volumes: StudyVolumes) -> str:
+    """The reference series: T1c, else FLAIR, T2, T1, skipping multi-frame (Enhanced MR) ones,
+    whose frames the result writers cannot reference yet."""
+    for name in REFERENCE_ORDER:
+        volume = volumes.volumes.get(name)
+        if volume is not None and all(s.frame is None for s in volume.slices):
+            return name
+    raise StudyProcessingError(
+        "every usable series is multi-frame (Enhanced MR): result objects that reference"
+        " multi-frame images are not supported yet"
+    )
 
 
 def _pair(types: np.ndarray[Any, Any], names: list[str], a: str, b: str) -> tuple[float, float]:

@@ -21,9 +21,10 @@ from tumorlens.pipeline.grid import voxel_volume_ml
 from tumorlens.writers.findings import Measurements, Side
 
 BRAIN_MARGIN_MM: Final = 8.0
-# Whole tumour with more than ONE_SIDE_SHARE of its volume on one side of the mid-sagittal
-# plane is on that side; tumour on both sides is midline when at least MIDLINE_SHARE of it
-# lies within MIDLINE_MM of the plane (pituitary, corpus callosum), else bilateral.
+# A lesion with more than ONE_SIDE_SHARE of its volume on one side of the mid-sagittal plane
+# is on that side; one on both sides is midline when at least MIDLINE_SHARE of it lies within
+# MIDLINE_MM of the plane (pituitary, corpus callosum), else bilateral. The tumour is on the
+# side of its lateral lesions (midline ones aside), bilateral when they are on both sides.
 ONE_SIDE_SHARE: Final = 0.9
 MIDLINE_MM: Final = 8.0
 MIDLINE_SHARE: Final = 0.25
@@ -91,13 +92,25 @@ def clean_labels(
     return out, Cleaning(outside_ml, small_ml, removed)
 
 
+def _side(x: npt.NDArray[np.float64]) -> Side:
+    """The side of one lesion from its voxels' distances to the mid-sagittal plane (mm)."""
+    right_share = float(np.mean(x > 0))
+    if right_share >= ONE_SIDE_SHARE:
+        return Side.RIGHT
+    if right_share <= 1.0 - ONE_SIDE_SHARE:
+        return Side.LEFT
+    if float(np.mean(np.abs(x) <= MIDLINE_MM)) >= MIDLINE_SHARE:
+        return Side.MIDLINE
+    return Side.BILATERAL
+
+
 def measure(labels: LabelVolume, affine: Affine, subject_to_mni: Affine | None) -> Measurements:
     """Volumes per label, lesion count, side and centroid of a cleaned label map."""
     voxel_ml = voxel_volume_ml(affine)
     counts = np.bincount(labels.ravel(), minlength=4)
     volumes = {k: float(counts[k]) * voxel_ml for k in (1, 2, 3) if counts[k]}
     tumour = labels > 0
-    _, lesions = ndimage.label(tumour, structure=_structure())
+    components, lesions = ndimage.label(tumour, structure=_structure())
     if not tumour.any():
         return Measurements(volumes, 0, Side.MIDLINE, None)
     idx = np.argwhere(tumour).astype(np.float64)
@@ -110,16 +123,15 @@ def measure(labels: LabelVolume, affine: Affine, subject_to_mni: Affine | None) 
         x = ras @ subject_to_mni[0, :3] + subject_to_mni[0, 3]
     else:
         x = ras[:, 0]
-    right_share = float(np.mean(x > 0))
-    near_plane = float(np.mean(np.abs(x) <= MIDLINE_MM))
-    if right_share >= ONE_SIDE_SHARE:
-        side = Side.RIGHT
-    elif right_share <= 1.0 - ONE_SIDE_SHARE:
-        side = Side.LEFT
-    elif near_plane >= MIDLINE_SHARE:
-        side = Side.MIDLINE
-    else:
+    ids = components[tumour]
+    sides = {_side(x[ids == k]) for k in range(1, lesions + 1)}
+    lateral = sides & {Side.LEFT, Side.RIGHT}
+    if Side.BILATERAL in sides or len(lateral) == 2:
         side = Side.BILATERAL
+    elif lateral:
+        side = lateral.pop()  # lesions on one side, maybe with midline ones
+    else:
+        side = Side.MIDLINE
     return Measurements(
         volumes_ml=volumes,
         lesion_count=int(lesions),

@@ -165,7 +165,10 @@ def _motion(transform: Affine) -> str:
 
 
 def align_sequences(
-    volumes: Mapping[str, SeriesVolume], *, correct_motion: bool = True
+    volumes: Mapping[str, SeriesVolume],
+    *,
+    correct_motion: bool = True,
+    reference: str | None = None,
 ) -> AlignedStudy:
     """Resample every volume onto the reference series' grid (see module docstring).
 
@@ -176,7 +179,7 @@ def align_sequences(
     bone, bright T2 ones CSF and fat, so neither predicts the other).
     """
     start = time.perf_counter()
-    ref_name = reference_sequence(volumes)
+    ref_name = reference if reference is not None else reference_sequence(volumes)
     ref = volumes[ref_name]
     ref_data = _data(ref)
     shape = (int(ref_data.shape[0]), int(ref_data.shape[1]), int(ref_data.shape[2]))

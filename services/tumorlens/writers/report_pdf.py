@@ -29,6 +29,7 @@ from tumorlens.writers.findings import Findings
 A4_INCHES: Final = (8.27, 11.69)
 OVERLAY_ALPHA: Final = 0.45
 BANNER: Final = "RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
+NOTE_CHARS: Final = 58  # what fits the notes column; the SR and result.json keep them whole
 BANNER_DETAIL: Final = (
     "Generated automatically by AI models that are not a medical device. "
     "Every finding must be checked by a qualified radiologist."
@@ -37,20 +38,21 @@ SEQUENCE_NAMES: Final = {"t1": "T1", "t1c": "T1 post-contrast", "t2": "T2", "fla
 
 
 def key_slices(label_map: npt.NDArray[np.uint8]) -> list[int]:
-    """Three axial slices through the tumour: at 25, 50 and 75 % of its extent along the slice
-    axis when it spans at least three slices, else the largest-area slice and its neighbours."""
+    """Three axial slices through the main lesion: the one with the most tumour and the two
+    slices nearest to it that show tumour too (neighbours when it shows on fewer slices);
+    without tumour, at 25, 50 and 75 % of the stack."""
     area = np.count_nonzero(label_map, axis=(1, 2))
-    tumour = np.flatnonzero(area)
     n = label_map.shape[0]
-    if tumour.size == 0:
+    if not area.any():
         return sorted({n // 4, n // 2, (3 * n) // 4})
-    first, last = int(tumour[0]), int(tumour[-1])
-    if last - first + 1 >= 3:
-        picks = [first + round(f * (last - first)) for f in (0.25, 0.5, 0.75)]
-        if len(set(picks)) == 3:
-            return picks
-    largest = int(np.argmax(area))
-    return sorted({min(max(k, 0), n - 1) for k in (largest - 1, largest, largest + 1)})
+    main = int(np.argmax(area))
+    # Scattered specks elsewhere in the stack should not take a key image from the lesion.
+    showing = [k for k in range(n) if area[k] >= 0.1 * area[main]]
+    picks = sorted(showing, key=lambda k: (abs(k - main), k))[:3]
+    for k in (main - 1, main + 1, main - 2, main + 2):
+        if len(picks) < min(3, n) and 0 <= k < n and k not in picks:
+            picks.append(k)
+    return sorted(picks)
 
 
 def windowed(ds: Dataset) -> npt.NDArray[np.float64]:
@@ -127,13 +129,18 @@ def findings_rows(findings: Findings) -> list[tuple[str, str]]:
     rows.extend((f"  p({t.display})", f"{t.probability:.2f}") for t in ranked)
     if findings.slice_types:
         opinion = sorted(findings.slice_types, key=lambda t: -t.probability)
+        # The two most probable only: the row must fit the table (all are in the SR).
         rows.append(
             (
                 "2D slice classifier (T1c)",
-                ", ".join(f"{t.display} {t.probability:.2f}" for t in opinion),
+                ", ".join(f"{t.display} {t.probability:.2f}" for t in opinion[:2]),
             )
         )
     return rows
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
 def _table(
@@ -262,7 +269,7 @@ def render_pdf(findings: Findings, generated: datetime) -> bytes:
     used = ", ".join(SEQUENCE_NAMES.get(s, s) for s in findings.sequences_used) or "-"
     model_rows.append(("Sequences used", used))
     model_rows.append(("Reference series", str(source.get("SeriesDescription", "")) or "-"))
-    model_rows.extend(("Note", note[:90]) for note in findings.notes[:4])
+    model_rows.extend(("Note", _shorten(note, NOTE_CHARS)) for note in findings.notes[:4])
     _table(fig.add_subplot(grid[5, 1:]), model_rows, "Models and inputs", fontsize=7.5)
 
     fig.text(

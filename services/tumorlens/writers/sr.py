@@ -246,13 +246,16 @@ def measurement_report(findings: Findings, seg: Dataset | None) -> hd.sr.Measure
             ENGLISH_US.coded()
         ),
     )
-    report[0].ContentSequence.append(
-        hd.sr.TextContentItem(
-            name=codes.COMMENT.coded(),
-            value=DISCLAIMER,
-            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    # The research-use statement, then how the findings were made (missing sequences, motion
+    # corrected, series dropped...), each a Comment; UT allows long text.
+    for text in (DISCLAIMER, *findings.notes):
+        report[0].ContentSequence.append(
+            hd.sr.TextContentItem(
+                name=codes.COMMENT.coded(),
+                value=text,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
         )
-    )
     return report
 
 
