@@ -4,7 +4,6 @@ case; the objects it writes are checked by independent readers (dciodvfy, dcmqi,
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import pydicom
 import pytest
 
 from tests.helpers.dcmqi import assert_seg_matches
+from tests.helpers.dicom3tools import dciodvfy
 from tests.helpers.synthetic import mr_instance
 from tumorlens.dicomio.make_study import WrittenStudy
 from tumorlens.writers import codes
@@ -32,14 +32,6 @@ def infer(folder: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[s
         timeout=600,
         check=False,
     )
-
-
-def dciodvfy(path: Path) -> list[str]:
-    if shutil.which("dciodvfy") is None:
-        pytest.skip("dciodvfy (dicom3tools) is not installed")
-    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
-    lines = (result.stdout + result.stderr).splitlines()
-    return [line for line in lines if line.startswith(("Error", "Warning"))]
 
 
 @pytest.fixture(scope="module")

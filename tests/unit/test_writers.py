@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers.dcmqi import assert_seg_matches
+from tests.helpers.dicom3tools import dciodvfy
 from tumorlens.dicomio.make_study import make_study
 from tumorlens.errors import WriterError
 from tumorlens.writers import codes
@@ -143,15 +144,6 @@ def seg_path(case: Case, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("seg") / "seg.dcm"
     build_seg(case.findings).save_as(path)
     return path
-
-
-def dciodvfy(path: Path) -> list[str]:
-    """dciodvfy's errors and warnings for ``path`` (skips the test when it is missing)."""
-    if shutil.which("dciodvfy") is None:
-        pytest.skip("dciodvfy (dicom3tools) is not installed")
-    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
-    lines = (result.stdout + result.stderr).splitlines()
-    return [line for line in lines if line.startswith(("Error", "Warning"))]
 
 
 def only_private_scheme_warnings(messages: list[str]) -> bool:
