@@ -174,8 +174,10 @@ def test_orthanc_gets_seg_sr_and_pdf_back_for_the_real_case(
         if "SEG" in found:
             seg = fetch(orthanc, found["SEG"])
             source_series = orthanc.get(f"/series/{reference_series(orthanc, study_id, seg)}")
-            sources = [fetch_instance(orthanc, i) for i in source_series["Instances"]]
-            by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+            by_uid = {
+                str(ds.SOPInstanceUID): ds
+                for ds in (fetch_instance(orthanc, i) for i in source_series["Instances"])
+            }
             drawn = render_seg_overlay(seg, by_uid, pictures / "tcga_seg_overlay.png")
             assert drawn > 0  # the overlay covered some pixels of the source images
 
@@ -192,3 +194,13 @@ def test_orthanc_gets_results_back_for_a_phantom_study(
         assert volumes["whole_tumour"] > 0
         present = [k for k in ("core", "oedema", "enhancing") if volumes[k] > 0]
         assert len(report.get_volumetric_roi_measurement_groups()) == len(present)
+        seg = fetch(orthanc, found["SEG"])
+        source_series = orthanc.get(f"/series/{reference_series(orthanc, study_id, seg)}")
+        by_uid = {
+            str(ds.SOPInstanceUID): ds
+            for ds in (fetch_instance(orthanc, i) for i in source_series["Instances"])
+        }
+        pictures = artifacts_dir(tmp_path)
+        assert render_seg_overlay(seg, by_uid, pictures / "phantom_seg_overlay.png") > 0
+        pdf = fetch(orthanc, found["DOC"])
+        render_pdf_page(bytes(pdf.EncapsulatedDocument), pictures / "phantom_pdf_page1.png")
