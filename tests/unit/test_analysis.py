@@ -143,3 +143,21 @@ def test_key_images_go_through_the_main_lesion() -> None:
     single[0, 2:5, 2:5] = 1  # on the first slice only: it and its next neighbours
     assert key_slices(single) == [0, 1, 2]
     assert key_slices(np.zeros((26, 8, 8), np.uint8)) == [6, 13, 19]
+
+
+def test_a_sequence_subset_the_card_does_not_validate_is_noted() -> None:
+    from types import SimpleNamespace
+
+    from tumorlens.analysis.models import ModelSet
+
+    def models(inputs: dict[str, object]) -> ModelSet:
+        card = SimpleNamespace(raw={"inputs": [inputs]})
+        return ModelSet(volume=SimpleNamespace(card=card), slices=None)  # type: ignore[arg-type]
+
+    validated = models({"validated_subsets": [["t1", "t1ce", "t2", "flair"], ["t1ce", "flair"]]})
+    assert validated.subset_note(("t1", "t1ce", "t2", "flair")) is None
+    assert validated.subset_note(("t1ce", "flair")) is None
+    note = validated.subset_note(("t2",))
+    assert note is not None
+    assert "ran on t2," in note and "validated: flair+t1+t1ce+t2; flair+t1ce" in note
+    assert models({}).subset_note(("t2",)) is None  # a card that lists none: nothing to say

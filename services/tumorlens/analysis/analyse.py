@@ -133,6 +133,9 @@ def analyse(
             subject_to_mni=brain.subject_to_mni,
             brain_mask=(brain.mask, brain.affine),
         )
+    subset_note = models.subset_note(prediction.present)
+    if subset_note:
+        notes.append(subset_note)
     opinion: SliceOpinion | None = None
     with steps.step("classify-slices"):
         if models.slices is not None and "t1c" in aligned.sequences:

@@ -59,6 +59,22 @@ class ModelSet:
             out.append(ModelIdentity.from_card(self.slices.card, task=SLICE_CLASSIFICATION))
         return tuple(out)
 
+    def subset_note(self, present: tuple[str, ...]) -> str | None:
+        """A note when the 3D model's card does not list ``present`` (model channel names) among
+        the sequence subsets it was validated on; None when it does or lists none."""
+        spec = self.volume.card.raw["inputs"][0]
+        listed = spec.get("validated_subsets")
+        if not isinstance(listed, list) or not listed:
+            return None
+        subsets = [frozenset(str(s) for s in subset) for subset in listed]
+        if frozenset(present) in subsets:
+            return None
+        known = "; ".join("+".join(sorted(subset)) for subset in subsets)
+        return (
+            f"the 3D model ran on {'+'.join(present)}, a sequence subset its card does not"
+            f" report validation for (validated: {known})"
+        )
+
     def volume_types(self, probabilities: Any) -> tuple[TypeProbability, ...]:
         """The 3D model's type probabilities with each label's concept from its card."""
         return tuple(
