@@ -123,6 +123,7 @@ def test_the_real_case_is_analysed_and_its_results_delivered(
     assert {p.stem for p in folder.glob("*.dcm")} == {
         o["sop_instance_uid"] for o in details["objects"]
     }
+    assert {p.name for p in folder.glob("*.nii.gz")} == {"labels.nii.gz", "brain_mask.nii.gz"}
 
 
 def test_a_rerun_sends_the_same_objects_again(
