@@ -18,6 +18,7 @@ import numpy as np
 import pydicom
 
 from tests.helpers.orthanc import Orthanc
+from tumorlens.writers import codes
 
 COLOURS = {1: (0.9, 0.2, 0.2), 2: (0.2, 0.8, 0.3), 3: (1.0, 0.85, 0.1)}
 
@@ -69,7 +70,7 @@ def _label_of(seg: pydicom.Dataset, number: int) -> int:
     for item in seg.SegmentSequence:
         if int(item.SegmentNumber) == number:
             code = str(item.SegmentedPropertyTypeCodeSequence[0].CodeValue)
-            return {"6574001": 1, "2218006": 2}.get(code, 3)
+            return codes.REGION_BY_TYPE_CODE[code].label
     raise AssertionError(f"segment {number} not described")
 
 
