@@ -9,6 +9,7 @@ import io
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,8 @@ from tests.helpers.volumes import synthetic_head
 from tumorlens.dicomio.make_study import WrittenStudy, make_study
 from tumorlens.store.jobs import Job
 from tumorlens.store.states import JobState
+
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -204,3 +207,33 @@ def test_orthanc_gets_results_back_for_a_phantom_study(
         assert render_seg_overlay(seg, by_uid, pictures / "phantom_seg_overlay.png") > 0
         pdf = fetch(orthanc, found["DOC"])
         render_pdf_page(bytes(pdf.EncapsulatedDocument), pictures / "phantom_pdf_page1.png")
+
+
+@pytest.mark.skipif(not available(), reason="Orthanc (Debian package orthanc) not installed")
+def test_orthanc_autoroute_sends_each_study_once(
+    serve: ServeProcess, tcga_study: WrittenStudy, tmp_path: Path
+) -> None:
+    """deploy/orthanc-autoroute.lua as shipped: a stable MR study goes to tumorlens once; the
+    results coming back into the study do not route it again (no loop)."""
+    orthanc = Orthanc(
+        tmp_path / "orthanc",
+        {"tumorlens": (AE_TITLE, "127.0.0.1", serve.port)},
+        lua_scripts=(REPO / "deploy" / "orthanc-autoroute.lua",),
+    )
+    serve.env["TUMORLENS_DESTINATIONS"] = ""
+    serve.env["TUMORLENS_PEERS"] = f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"
+    serve.start()
+    orthanc.start()
+    try:
+        (study_id,) = orthanc.upload(tcga_study.paths)  # no push by hand: the Lua routes it
+        job = assert_complete(serve, tcga_study, "ORTHANC")
+        assert_results_in_orthanc(orthanc, study_id, job)
+        time.sleep(orthanc.stable_age + 4)  # the results made the study stable again
+        assert [j.version for j in serve.jobs.list_jobs()] == [1]
+        stores = [orthanc.get(f"/jobs/{i}") for i in orthanc.get("/jobs")]
+        stores = [j for j in stores if j["Type"] == "DicomModalityStore"]
+        assert len(stores) == 1 and stores[0]["State"] == "Success"
+        assert "routing 104 MR instances" in orthanc.log_path.read_text()
+    finally:
+        orthanc.stop()
+        shutil.rmtree(tmp_path / "orthanc", ignore_errors=True)

@@ -25,8 +25,15 @@ class Orthanc:
     """Orthanc as a hospital PACS: it stores studies and pushes them to DICOM modalities."""
 
     def __init__(
-        self, workdir: Path, modalities: dict[str, tuple[str, str, int]], aet: str = "ORTHANC"
+        self,
+        workdir: Path,
+        modalities: dict[str, tuple[str, str, int]],
+        aet: str = "ORTHANC",
+        lua_scripts: tuple[Path, ...] = (),
+        stable_age: int = 2,
     ) -> None:
+        self.lua_scripts = lua_scripts
+        self.stable_age = stable_age
         self.workdir = workdir
         self.aet = aet
         self.http_port = free_port()
@@ -55,7 +62,8 @@ class Orthanc:
             "DicomModalities": {k: list(v) for k, v in self.modalities.items()},
             "Plugins": [],
             "SaveJobs": False,
-            "StableAge": 2,
+            "StableAge": self.stable_age,
+            "LuaScripts": [str(p) for p in self.lua_scripts],
             "DicomScuTimeout": 30,
             "HttpTimeout": 120,
         }
