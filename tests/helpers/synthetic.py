@@ -15,12 +15,14 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
-# What series selection and the writers read, copied from the classic instances.
-_COPIED = (
-    "PatientName", "StudyDate", "StudyTime", "AccessionNumber", "StudyID", "SeriesNumber",
-    "SeriesDescription", "ProtocolName", "ScanningSequence", "SequenceVariant",
-    "RepetitionTime", "EchoTime", "InversionTime", "ContrastBolusAgent", "ImageType",
-    "Manufacturer", "MagneticFieldStrength",
+# Per-instance or per-frame elements of the classic instances that a multi-frame instance does
+# not carry at the top level (the frames' functional groups hold them).
+_NOT_COPIED = frozenset(
+    {
+        "SOPClassUID", "SOPInstanceUID", "InstanceNumber", "ImagePositionPatient",
+        "ImageOrientationPatient", "PixelSpacing", "SliceThickness", "SliceLocation",
+        "PixelData", "WindowCenter", "WindowWidth", "RescaleSlope", "RescaleIntercept",
+    }
 )  # fmt: skip
 
 
@@ -87,16 +89,15 @@ def write_study(
 
 
 def enhanced_mr(paths: Sequence[Path], path: Path) -> Path:
-    """Classic MR instances as one Enhanced MR instance (frames in scrambled order), with the
-    attributes series selection reads copied over."""
+    """Classic MR instances as one Enhanced MR instance (frames in scrambled order), with
+    their patient, study, series and acquisition attributes at the top level."""
     classic = [pydicom.dcmread(p) for p in paths]
     order = np.random.default_rng(0).permutation(len(classic))
     first = classic[0]
     ds = Dataset()
-    for keyword in (*_COPIED, "PatientID", "StudyInstanceUID", "SeriesInstanceUID",
-                    "FrameOfReferenceUID"):  # fmt: skip
-        if keyword in first:
-            setattr(ds, keyword, getattr(first, keyword))
+    for element in first:  # patient, study, series and acquisition attributes
+        if element.keyword and element.keyword not in _NOT_COPIED and element.VR != "SQ":
+            ds.add(element)
     ds.SOPClassUID = ENHANCED_MR
     ds.SOPInstanceUID = generate_uid()
     ds.Modality = "MR"

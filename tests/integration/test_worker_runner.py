@@ -7,9 +7,13 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pydicom
 import pytest
 
+from tests.helpers.dcmqi import assert_seg_matches
+from tests.helpers.dicom3tools import dciodvfy
 from tests.helpers.dicom_peers import StoreSCP, free_port, run_storescp
 from tests.helpers.synthetic import enhanced_mr, mr_instance
 from tumorlens.config import Destination, load_settings
@@ -237,3 +241,39 @@ def test_a_multi_frame_t1c_leaves_flair_as_the_reference(
         for s in sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
     }
     assert by_sequence["flair"].series_instance_uid in evidence
+
+
+def test_an_all_enhanced_mr_study_gets_a_seg_on_the_frames(
+    ctx: WorkerContext, tcga_dicom: WrittenStudy, tmp_path: Path, scp: StoreSCP
+) -> None:
+    """Every series one Enhanced MR instance (frames scrambled): the SEG references the T1c
+    instance's frames; dciodvfy and dcmqi accept it; dcmqi's voxels are the label map."""
+    paths = [
+        enhanced_mr(s.paths, tmp_path / f"{s.sequence}-enhanced.dcm") for s in tcga_dicom.series
+    ]
+    ref = spool(ctx, paths)
+    assert run_job(ref, ctx) is JobState.DONE, ctx.jobs.get(ref.study_instance_uid).error
+    details = ctx.jobs.get(ref.study_instance_uid).details
+    assert details["alignment"]["reference"] == "t1c"
+    objects = received(scp)
+    t1c = pydicom.dcmread(paths[[s.sequence for s in tcga_dicom.series].index("t1c")])
+    pdf = objects[PDF]
+    assert [i.ReferencedSOPInstanceUID for i in pdf.SourceInstanceSequence] == [t1c.SOPInstanceUID]
+    if SEG not in objects:
+        pytest.skip("nothing segmented: no SEG to check")
+    seg = objects[SEG]
+    frames = {
+        int(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
+        for item in seg.PerFrameFunctionalGroupsSequence
+    }
+    assert frames and frames <= set(range(1, int(t1c.NumberOfFrames) + 1))
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        source = item.DerivationImageSequence[0].SourceImageSequence[0]
+        assert source.ReferencedSOPInstanceUID == t1c.SOPInstanceUID
+    (path,) = [p for p in scp.received() if pydicom.dcmread(p).SOPClassUID == SEG]
+    assert [m for m in dciodvfy(path) if m.startswith("Error")] == []
+    outbox = ctx.settings.outbox_dir / ref.study_instance_uid / "v1"
+    labels = nib.load(str(outbox / "labels.nii.gz"))
+    assert_seg_matches(
+        path, np.asarray(labels.dataobj).astype(np.uint8), labels.affine, tmp_path / "dcmqi"
+    )

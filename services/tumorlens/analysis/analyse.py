@@ -33,6 +33,7 @@ from tumorlens.pipeline.grid import REFERENCE_ORDER, AlignedStudy, align_sequenc
 from tumorlens.pipeline.series_selection import DISPLAY, select_series
 from tumorlens.pipeline.volumes import SeriesVolume, StudyVolumes, selected_volumes
 from tumorlens.writers.findings import Findings
+from tumorlens.writers.frames import frame_views
 from tumorlens.writers.pdf import build_pdf
 from tumorlens.writers.sc import build_sc
 from tumorlens.writers.seg import build_seg
@@ -155,8 +156,9 @@ def analyse(
             if prediction.activation is not None
             else None
         )
+        reference_series, multi_frame = _read_reference(reference)
         findings = Findings(
-            reference_series=_read_reference(reference),
+            reference_series=reference_series,
             label_map=np.ascontiguousarray(labels.transpose(2, 1, 0)),
             measurements=measurements,
             hgg_probability=p_hgg / (p_hgg + p_lgg) if p_hgg + p_lgg > 0 else 0.5,
@@ -167,6 +169,7 @@ def analyse(
             activation_map=activation,
             slice_types=models.slice_types(opinion.probabilities) if opinion else (),
             notes=tuple(notes),
+            multi_frame_sources=multi_frame,
         )
     with steps.step("write-objects"):
         objects = build_objects(findings, settings)
@@ -219,16 +222,11 @@ def build_objects(findings: Findings, settings: Settings) -> list[tuple[str, Dat
 
 
 def _writer_reference(volumes: StudyVolumes) -> str:
-    """The reference series: T1c, else FLAIR, T2, T1, skipping multi-frame (Enhanced MR) ones,
-    whose frames the result writers cannot reference yet."""
-    for name in REFERENCE_ORDER:
-        volume = volumes.volumes.get(name)
-        if volume is not None and all(s.frame is None for s in volume.slices):
-            return name
-    raise StudyProcessingError(
-        "every usable series is multi-frame (Enhanced MR): result objects that reference"
-        " multi-frame images are not supported yet"
-    )
+    """The reference series: T1c, else FLAIR, T2, T1; classic (single-frame) series first, as
+    more viewers overlay a SEG on them than on frames of an Enhanced MR instance."""
+    present = [name for name in REFERENCE_ORDER if name in volumes.volumes]
+    classic = [n for n in present if all(s.frame is None for s in volumes.volumes[n].slices)]
+    return (classic or present)[0]
 
 
 def _pair(types: np.ndarray[Any, Any], names: list[str], a: str, b: str) -> tuple[float, float]:
@@ -237,9 +235,20 @@ def _pair(types: np.ndarray[Any, Any], names: list[str], a: str, b: str) -> tupl
     return pa, pb
 
 
-def _read_reference(volume: SeriesVolume) -> tuple[Dataset, ...]:
-    """The reference series' instances, whole, in the volume's slice order."""
-    return tuple(pydicom.dcmread(s.path) for s in volume.slices)
+def _read_reference(volume: SeriesVolume) -> tuple[tuple[Dataset, ...], tuple[Dataset, ...]]:
+    """The reference slices, whole, in the volume's slice order, and the multi-frame instance
+    they are frames of (none for a classic series)."""
+    if all(s.frame is None for s in volume.slices):
+        return tuple(pydicom.dcmread(s.path) for s in volume.slices), ()
+    paths = {s.path for s in volume.slices}
+    if len(paths) != 1:
+        raise StudyProcessingError(
+            f"the reference series is split over {len(paths)} multi-frame instances: result"
+            " objects for such series are not supported"
+        )
+    source = pydicom.dcmread(paths.pop())
+    views = frame_views(source)
+    return tuple(views[(s.frame or 1) - 1] for s in volume.slices), (source,)
 
 
 def _result(

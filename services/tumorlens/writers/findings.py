@@ -143,6 +143,10 @@ class Findings:
     # and what a reader should know about how the findings were made (missing sequences...).
     slice_types: tuple[TypeProbability, ...] = ()
     notes: tuple[str, ...] = ()
+    # The instances the reference slices come from, when they are frames of a multi-frame
+    # instance (views made by :func:`tumorlens.writers.frames.frame_views`); empty for a
+    # classic series, whose slices are the instances.
+    multi_frame_sources: tuple[Dataset, ...] = ()
 
     def __post_init__(self) -> None:
         series = self.reference_series
@@ -153,6 +157,10 @@ class Findings:
         for ds in series:
             if ds.get("StudyInstanceUID") != study or ds.get("SeriesInstanceUID") != series_uid:
                 raise WriterError("the reference instances are not one series of one study")
+        if self.multi_frame_sources:
+            uids = {str(ds.SOPInstanceUID) for ds in self.multi_frame_sources}
+            if len(uids) != 1 or {str(ds.SOPInstanceUID) for ds in series} != uids:
+                raise WriterError("multi-frame references must be frames of one instance")
         locations = slice_locations(series)
         if any(b - a <= POSITION_TOLERANCE_MM for a, b in itertools.pairwise(locations)):
             raise WriterError("the reference series is not sorted along its slice normal")
@@ -197,6 +205,11 @@ class Findings:
         missing = set(self.present_labels) - set(self.measurements.volumes_ml)
         if missing:
             raise WriterError(f"no volume measured for present label(s) {sorted(missing)}")
+
+    @property
+    def source_instances(self) -> tuple[Dataset, ...]:
+        """The real instances behind the reference slices (what objects reference)."""
+        return self.multi_frame_sources or self.reference_series
 
     @property
     def study_instance_uid(self) -> str:

@@ -74,7 +74,7 @@ def _code_item(concept: Concept) -> Dataset:
 
 def _source_instances(findings: Findings) -> list[Dataset]:
     items = []
-    for ds in findings.reference_series:
+    for ds in findings.source_instances:
         item = Dataset()
         item.ReferencedSOPClassUID = ds.SOPClassUID
         item.ReferencedSOPInstanceUID = ds.SOPInstanceUID

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 
 from tumorlens.writers.findings import Findings, set_software_versions
+from tumorlens.writers.frames import frame_number
 from tumorlens.writers.report_pdf import overlay_rgba, windowed
 from tumorlens.writers.seg import MANUFACTURER
 
@@ -67,6 +68,9 @@ def _source_image(ds: Dataset) -> Dataset:
     item = Dataset()
     item.ReferencedSOPClassUID = ds.SOPClassUID
     item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+    number = frame_number(ds)
+    if number is not None:
+        item.ReferencedFrameNumber = number
     purpose = Dataset()
     purpose.CodeValue = "121322"
     purpose.CodingSchemeDesignator = "DCM"

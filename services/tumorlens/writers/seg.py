@@ -18,11 +18,13 @@ from typing import Final
 
 import highdicom as hd
 import numpy as np
+import numpy.typing as npt
 from pydicom.dataset import Dataset
 
 from tumorlens.errors import WriterError
 from tumorlens.writers import codes
 from tumorlens.writers.findings import Findings, LabelMap, set_software_versions
+from tumorlens.writers.frames import frame_number
 
 SEG_SERIES_NUMBER: Final = 901
 SERIES_DESCRIPTION: Final = "AI SEG - research use only"
@@ -72,8 +74,10 @@ def build_seg(findings: Findings, segmentation_type: str = "BINARY") -> hd.seg.S
     # Stacked-segments array (frames, rows, columns, segments): segment n is label labels[n-1],
     # so absent labels leave no gaps in the segment numbers (C.8.20.2: numbered from 1).
     stacked = np.stack([findings.label_map == label for label in labels], axis=-1)
+    if findings.multi_frame_sources:
+        stacked = _in_frame_order(findings, stacked)
     seg = hd.seg.Segmentation(
-        source_images=list(findings.reference_series),
+        source_images=list(findings.source_instances),
         pixel_array=stacked.astype(np.uint8),
         segmentation_type=segmentation_type,
         segment_descriptions=descriptions,
@@ -92,6 +96,18 @@ def build_seg(findings: Findings, segmentation_type: str = "BINARY") -> hd.seg.S
     )
     set_software_versions(seg, findings)
     return seg
+
+
+def _in_frame_order(findings: Findings, stacked: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """Slices (sorted along the normal) -> the source instance's frames, 1..NumberOfFrames."""
+    (source,) = findings.multi_frame_sources
+    frames = np.zeros((int(source.NumberOfFrames), *stacked.shape[1:]), dtype=bool)
+    for k, view in enumerate(findings.reference_series):
+        number = frame_number(view)
+        if number is None:
+            raise WriterError("a multi-frame reference slice without its frame number")
+        frames[number - 1] = stacked[k]
+    return frames
 
 
 def label_for_segment(seg: Dataset, number: int) -> int:

@@ -130,7 +130,7 @@ def referenced_segment(seg: Dataset, number: int) -> hd.sr.ReferencedSegment:
     Groups, so the frames are walked here with either place in mind.
     """
     shared = seg.SharedFunctionalGroupsSequence[0]
-    seen: dict[str, hd.sr.SourceImageForSegmentation] = {}
+    frames: dict[tuple[str, str], list[int]] = {}
     for item in seg.PerFrameFunctionalGroupsSequence:
         ident = item.get("SegmentIdentificationSequence") or shared.get(
             "SegmentIdentificationSequence"
@@ -139,18 +139,23 @@ def referenced_segment(seg: Dataset, number: int) -> hd.sr.ReferencedSegment:
             continue
         for derivation in item.get("DerivationImageSequence", []):
             for source in derivation.get("SourceImageSequence", []):
-                uid = str(source.ReferencedSOPInstanceUID)
-                seen.setdefault(
-                    uid,
-                    hd.sr.SourceImageForSegmentation(str(source.ReferencedSOPClassUID), uid),
-                )
+                key = (str(source.ReferencedSOPClassUID), str(source.ReferencedSOPInstanceUID))
+                numbers = frames.setdefault(key, [])
+                if "ReferencedFrameNumber" in source:
+                    numbers.append(int(source.ReferencedFrameNumber))
+    seen = [
+        hd.sr.SourceImageForSegmentation(
+            sop_class, uid, referenced_frame_numbers=sorted(set(numbers)) or None
+        )
+        for (sop_class, uid), numbers in frames.items()
+    ]
     if not seen:
         raise WriterError(f"segment {number} of the SEG references no source image")
     return hd.sr.ReferencedSegment(
         sop_class_uid=str(seg.SOPClassUID),
         sop_instance_uid=str(seg.SOPInstanceUID),
         segment_number=number,
-        source_images=list(seen.values()),
+        source_images=seen,
     )
 
 
@@ -268,7 +273,7 @@ def build_sr(findings: Findings, seg: Dataset | None) -> hd.sr.Comprehensive3DSR
     """
     source = findings.reference_series[0]
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[*findings.reference_series, *([seg] if seg is not None else [])],
+        evidence=[*findings.source_instances, *([seg] if seg is not None else [])],
         content=measurement_report(findings, seg)[0],
         series_instance_uid=findings.uid("sr.series"),
         series_number=SR_SERIES_NUMBER,
