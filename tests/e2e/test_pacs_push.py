@@ -164,25 +164,31 @@ def fetch(orthanc: Orthanc, series: dict[str, Any]) -> pydicom.Dataset:
     return pydicom.dcmread(io.BytesIO(data))
 
 
+def draw_results(orthanc: Orthanc, study_id: str, found: dict[str, Any], prefix: Path) -> int:
+    """From what Orthanc holds: the PDF's first page and the SEG over its source image, as
+    ``<prefix>_pdf_page1.png`` and ``<prefix>_seg_overlay.png``; the pixels coloured."""
+    pdf = fetch(orthanc, found["DOC"])
+    render_pdf_page(bytes(pdf.EncapsulatedDocument), Path(f"{prefix}_pdf_page1.png"))
+    if "SEG" not in found:
+        return 0
+    seg = fetch(orthanc, found["SEG"])
+    source_series = orthanc.get(f"/series/{reference_series(orthanc, study_id, seg)}")
+    by_uid = {
+        str(ds.SOPInstanceUID): ds
+        for ds in (fetch_instance(orthanc, i) for i in source_series["Instances"])
+    }
+    return render_seg_overlay(seg, by_uid, Path(f"{prefix}_seg_overlay.png"))
+
+
 @pytest.mark.skipif(not available(), reason="Orthanc (Debian package orthanc) not installed")
 def test_orthanc_gets_seg_sr_and_pdf_back_for_the_real_case(
     serve: ServeProcess, tcga_study: WrittenStudy, tmp_path: Path
 ) -> None:
     with orthanc_round_trip(serve, tcga_study, tmp_path) as (orthanc, study_id, job):
         found = assert_results_in_orthanc(orthanc, study_id, job)
-        pdf = fetch(orthanc, found["DOC"])
-        assert bytes(pdf.EncapsulatedDocument).startswith(b"%PDF")
-        pictures = artifacts_dir(tmp_path)
-        render_pdf_page(bytes(pdf.EncapsulatedDocument), pictures / "tcga_pdf_page1.png")
-        if "SEG" in found:
-            seg = fetch(orthanc, found["SEG"])
-            source_series = orthanc.get(f"/series/{reference_series(orthanc, study_id, seg)}")
-            by_uid = {
-                str(ds.SOPInstanceUID): ds
-                for ds in (fetch_instance(orthanc, i) for i in source_series["Instances"])
-            }
-            drawn = render_seg_overlay(seg, by_uid, pictures / "tcga_seg_overlay.png")
-            assert drawn > 0  # the overlay covered some pixels of the source images
+        assert bytes(fetch(orthanc, found["DOC"]).EncapsulatedDocument).startswith(b"%PDF")
+        drawn = draw_results(orthanc, study_id, found, artifacts_dir(tmp_path) / "tcga")
+        assert drawn > 0 or "SEG" not in found  # the overlay covered pixels of the source
 
 
 @pytest.mark.skipif(not available(), reason="Orthanc (Debian package orthanc) not installed")
@@ -197,16 +203,7 @@ def test_orthanc_gets_results_back_for_a_phantom_study(
         assert volumes["whole_tumour"] > 0
         present = [k for k in ("core", "oedema", "enhancing") if volumes[k] > 0]
         assert len(report.get_volumetric_roi_measurement_groups()) == len(present)
-        seg = fetch(orthanc, found["SEG"])
-        source_series = orthanc.get(f"/series/{reference_series(orthanc, study_id, seg)}")
-        by_uid = {
-            str(ds.SOPInstanceUID): ds
-            for ds in (fetch_instance(orthanc, i) for i in source_series["Instances"])
-        }
-        pictures = artifacts_dir(tmp_path)
-        assert render_seg_overlay(seg, by_uid, pictures / "phantom_seg_overlay.png") > 0
-        pdf = fetch(orthanc, found["DOC"])
-        render_pdf_page(bytes(pdf.EncapsulatedDocument), pictures / "phantom_pdf_page1.png")
+        assert draw_results(orthanc, study_id, found, artifacts_dir(tmp_path) / "phantom") > 0
 
 
 @pytest.mark.skipif(not available(), reason="Orthanc (Debian package orthanc) not installed")
