@@ -1,15 +1,22 @@
 """``tumorlens-train seg3d``: train the 3D tumour model (segmentation + type, one network with two
 heads) on phantoms or BraTS folders, export ONNX + model card.
 
-Reproduce the shipped model (see the card for the exact figures)::
+Reproduce the shipped model (see the card, ``training``, for the exact commands and figures)::
 
     python -m tumorlens_train.phantoms --n 300 --out out/phantoms/train3d --seed 0 --spacing 2
     python -m tumorlens_train.phantoms --n 48 --out out/phantoms/heldout3d --seed 100000 --spacing 2
+    # 0.1.0 (grid placed on the head foreground): stage 1 from scratch, GAP type head ...
     tumorlens-train seg3d --data out/phantoms/train3d --heldout out/phantoms/heldout3d \
         --out models/tumorlens_zoo --steps 6000 --minutes 62 --bf16 --workers 2 --type-head-width 0
-    # stage 2 (type head on the frozen encoder), then export + held-out evaluation:
+    # ... then stage 2 (type head on the frozen encoder), export + held-out evaluation:
     tumorlens-train seg3d --data out/phantoms/train3d --heldout out/phantoms/heldout3d \
         --out models/tumorlens_zoo --type-head-only --type-head-width 32
+    # 0.2.0 (grid in MNI space from the runtime brain extraction, skull-stripped input),
+    # warm-started from 0.1.0 with registration-error augmentation:
+    tumorlens-train seg3d --placement mni --data out/phantoms/train3d \
+        --work-dir out/train/seg3d_mni --warm-start models/checkpoints/tumour3d.pt \
+        --p-affine 0.7 --minutes 65 --steps 3000 --lr 1e-3 --bf16 --workers 2 \
+        --type-head-width 0 --version 0.2.0 --out models/tumorlens_zoo
 """
 
 from __future__ import annotations
@@ -53,6 +60,26 @@ def register(subparsers: Any) -> None:
     p.add_argument("--levels", type=int, default=4)
     p.add_argument("--spacing", type=float, default=3.0, help="model grid spacing (mm)")
     p.add_argument("--shape", default="64,80,64", help="model grid shape x,y,z")
+    p.add_argument(
+        "--placement",
+        choices=("head", "mni"),
+        default="head",
+        help="model grid placement: head foreground, or MNI space from the runtime brain "
+        "extraction (skull-stripped input)",
+    )
+    p.add_argument(
+        "--template-dir",
+        type=Path,
+        default=volumes.TEMPLATE_DIR,
+        help="folder with the MNI template (brain extraction for --placement mni)",
+    )
+    p.add_argument("--warm-start", help="checkpoint to start from (same architecture)")
+    p.add_argument(
+        "--p-affine",
+        type=float,
+        default=0.0,
+        help="probability of the registration-error augmentation (rotation/scale/shift)",
+    )
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for training")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=1, help="processes preparing the cache")
@@ -75,14 +102,20 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     shape = tuple(int(v) for v in args.shape.split(","))
-    grid = GridSpec(spacing=args.spacing, shape=(shape[0], shape[1], shape[2]))
+    grid = GridSpec(
+        spacing=args.spacing, shape=(shape[0], shape[1], shape[2]), placement=args.placement
+    )
     export_from = args.work_dir / "best.pt"
     if not args.export_only:
         cases: list[volumes.Prepared] = []
         sources = []
         for folder in args.data:
             paths = volumes.build_cache(
-                folder, args.work_dir / "cache" / folder.name, grid, args.workers
+                folder,
+                args.work_dir / "cache" / folder.name,
+                grid,
+                args.workers,
+                template_dir=args.template_dir,
             )
             cases += volumes.load_cached(paths)
             sources.append({"folder": str(folder), "cases": len(paths)})
@@ -94,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
             work_dir=args.work_dir,
             grid=grid,
             net=Net3dConfig(base=args.base, levels=args.levels),
+            augment=volumes.AugmentConfig(p_affine=args.p_affine),
+            warm_start=args.warm_start,
             steps=args.steps,
             minutes=args.minutes,
             batch_size=args.batch_size,

@@ -154,6 +154,38 @@ def build_card(
     train = ckpt.get("train", {})
     grid = GridSpec.from_dict(train.get("grid", GridSpec().to_dict()))
     bottleneck = [s // 2 ** (model.config.levels - 1) for s in grid.shape]
+    mni = grid.placement == "mni"
+    preprocessing: dict[str, Any] = {
+        "function": "tumorlens.inference.preprocess3d.preprocess_arrays (preprocess_files "
+        "for NIfTI files)",
+        "resample": f"trilinear by physical coordinates (each file's affine) onto an "
+        f"isotropic {grid.spacing} mm grid of {list(grid.shape)} voxels",
+        "placement": "centred on the reference sequence's foreground bounding box in x and y; "
+        "top of the grid top_margin_mm above the highest foreground voxel (reference: t1ce, "
+        "else flair, t2, t1)",
+        "normalisation": "per-channel z-score over the union foreground mask, 0 outside, "
+        f"clipped to +-{grid.clip}",
+        "missing_sequence": "all-zero channel (no presence mask input)",
+    }
+    if mni:
+        preprocessing.update(
+            placement="fixed in MNI space (ICBM152 2009a): grid voxel -> MNI mm is "
+            f"diag({grid.spacing} mm) centred on {list(grid.mni_centre_mm)} mm "
+            "(tumorlens.inference.preprocess3d.mni_grid); for a study the grid affine is "
+            "inv(subject_to_mni) @ that, with subject_to_mni from the runtime brain extraction "
+            "(tumorlens.pipeline.brain_mask.extract_brain: template brain mask registered "
+            "7 DOF to an intensity-based brain mask, or the heuristic's scale-only start when "
+            "the fit is rejected). Required: without subject_to_mni preprocessing raises "
+            "VolumeError",
+            normalisation="skull stripping: brain mask (extract_brain, on the study grid) "
+            f"resampled to the model grid and dilated by {grid.mask_dilation_mm} mm; per-"
+            "channel z-score over the mask's voxels inside that sequence's field of view, 0 "
+            f"outside the mask, clipped to +-{grid.clip}. Without a brain mask: union "
+            "foreground as for head-placed grids (not what the model was trained on)",
+            brain_extraction="evaluation and training run the same extract_brain on each "
+            "case's sequences (tumorlens.evaluation.volumes.case_brain), so the registration "
+            "error and mask quality of the runtime are in the training data and the metrics",
+        )
     return {
         "schema": "tumorlens.model-card-3d/1",
         "name": name,
@@ -179,18 +211,13 @@ def build_card(
                 "channel_meaning": "T1, T1 post-contrast (T1c), T2, T2-FLAIR",
                 "grid": grid.to_dict(),
                 "orientation": "RAS (x: left->right, y: posterior->anterior, z: inferior->"
-                "superior), axis-aligned in the study's own scanner/world coordinates",
-                "preprocessing": {
-                    "function": "tumorlens.inference.preprocess3d.preprocess_files",
-                    "resample": f"trilinear by physical coordinates (each file's affine) onto "
-                    f"an isotropic {grid.spacing} mm grid of {list(grid.shape)} voxels",
-                    "placement": "centred on the reference sequence's foreground bounding box "
-                    "in x and y; top of the grid top_margin_mm above the highest foreground "
-                    "voxel (reference: t1ce, else flair, t2, t1)",
-                    "normalisation": "per-channel z-score over the union foreground mask, 0 "
-                    f"outside, clipped to +-{grid.clip}",
-                    "missing_sequence": "all-zero channel (no presence mask input)",
-                },
+                "superior), "
+                + (
+                    "axis-aligned in MNI space (the subject resampled through subject_to_mni)"
+                    if mni
+                    else "axis-aligned in the study's own scanner/world coordinates"
+                ),
+                "preprocessing": preprocessing,
                 "supported_sequence_subsets": {
                     "measured": "all four (t1, t1ce, t2, flair); see metrics for others if listed",
                     "trained_with_dropout": "each channel dropped with p=0.15, at most two, "
@@ -269,14 +296,15 @@ def build_card(
             "signal model; real scanners, artefacts and anatomy differ.",
             "Model grid 3 mm: thin structures (enhancing rims) are blurred; Dice is measured "
             "at the label file's native resolution after resampling back.",
-            "Grid placement from the head foreground only, no registration; tilted or "
-            "partially covered heads are placed approximately.",
-            "One real study looked at (TCGA-FG-6692, lower-grade glioma, full head, "
-            "0.9x0.9x5.5 mm, scanner space): the model labelled ~25 ml as 'enhancing' only in "
-            "wrong places (skull base, orbits, occipital scalp/soft tissue in the lowest slices), "
-            "nothing at the right frontal FLAIR-hyperintense lesion, and typed it meningioma "
-            "(p=0.37; glioma classes ~0.10 in total). Do not run it on real studies expecting "
-            "useful output.",
+            (
+                "Grid placed in MNI space by the runtime brain extraction (7-DOF fit of the "
+                "template brain mask); a failed or rejected fit (heuristic fallback: scale "
+                "only, no rotation) misplaces the grid and the mask; tumour outside the "
+                "dilated brain mask (e.g. extra-axial, skull base) is invisible to the model."
+                if mni
+                else "Grid placement from the head foreground only, no registration; tilted "
+                "or partially covered heads are placed approximately."
+            ),
         ],
     }
 

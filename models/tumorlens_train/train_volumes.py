@@ -53,6 +53,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     val_every: int = 100
+    # checkpoint whose weights start the run (same architecture; its net config is used)
+    warm_start: str | None = None
     data: dict[str, Any] = field(default_factory=dict)  # provenance for the card
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,7 +148,16 @@ def train(
     rng = np.random.default_rng(cfg.seed)
     device = pick_device(cfg.device)
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
-    model = TumourNet3d(cfg.net).to(device)
+    if cfg.warm_start:
+        start_model, start_ckpt = load_checkpoint(cfg.warm_start)
+        if Net3dConfig.from_dict(start_ckpt["net"]) != cfg.net:
+            log.info("warm start: net config taken from %s", cfg.warm_start)
+            cfg.net = Net3dConfig.from_dict(start_ckpt["net"])
+        model = start_model.to(device)
+        model.train()
+        log.info("warm start from %s (step %s)", cfg.warm_start, start_ckpt.get("step"))
+    else:
+        model = TumourNet3d(cfg.net).to(device)
     log.info("TumourNet3d %d parameters on %s", count_parameters(model), device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     stream = batches(train_cases, cfg.batch_size, rng, cfg.augment)

@@ -73,6 +73,11 @@ def test_evaluate_volumes_end_to_end(
         assert 0.0 <= summary[key] <= 1.0
     assert summary["grade_n"] == 2
     assert {c["tumour_type"] for c in report["cases"]} == {"hgg", "lgg", "meningioma"}
+    card = json.loads((ZOO / "tumour3d.json").read_text())
+    if card["inputs"][0]["grid"].get("placement") == "mni":
+        # MNI-placed model: every case went through the runtime brain extraction
+        assert summary["brain_extraction_seconds_median"] > 0
+        assert all(c["brain_seconds"] is not None for c in report["cases"])
     pngs = sorted(p.name for p in plots.glob("*.png"))
     assert "type_confusion.png" in pngs and "grade_roc.png" in pngs
     assert any(name.startswith("overlay_") for name in pngs)
@@ -137,3 +142,20 @@ def test_find_cases_reads_every_brats_layout(tmp_path: Path) -> None:
     for case in (b20[0], b21, b23):
         labels, _ = load_labels(case)
         assert labels[2, 2, 2] == 3 and labels[1, 1, 1] == 2 and labels[0, 0, 0] == 1
+
+
+def test_aligned_study_for_brain_extraction() -> None:
+    """Model sequence names map to the pipeline's (t1ce -> t1c, the reference); a sequence on
+    another grid is resampled onto the reference's."""
+    from tumorlens.evaluation.volumes import aligned_study
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    other = np.diag([4.0, 4.0, 4.0, 1.0])
+    t1ce = np.arange(8 * 8 * 8, dtype=np.float32).reshape(8, 8, 8)
+    flair = np.ones((4, 4, 4), np.float32)
+    study = aligned_study({"t1ce": (t1ce, affine), "flair": (flair, other)})
+    assert study.reference == "t1c" and set(study.sequences) == {"t1c", "flair"}
+    assert study.shape == (8, 8, 8)
+    np.testing.assert_array_equal(study.array("t1c"), t1ce)
+    assert study.array("flair").shape == (8, 8, 8)
+    assert study.array("flair")[2, 2, 2] == 1.0

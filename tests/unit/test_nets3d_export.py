@@ -82,3 +82,79 @@ def test_train_export_matches_torch(tmp_path: Path, tiny_cases: list[volumes.Pre
     assert loaded.grid == GRID
     assert loaded.type_labels[1:3] == ("hgg", "lgg")
     assert "research use only" in card["intended_use"].lower()
+
+
+MNI_GRID = GridSpec(spacing=8.0, shape=(24, 32, 24), placement="mni")
+
+
+def test_mni_grid_phantom_export_card(tmp_path: Path) -> None:
+    """An MNI-placed grid: phantoms go through the runtime brain extraction (skull-stripped,
+    zero outside the dilated brain mask) and the card carries the placement."""
+    cases = [
+        volumes.prepare_phantom(seed, ttype, MNI_GRID, spacing=4.0, thick_slice_prob=0.0)
+        for seed, ttype in ((3, "hgg"), (4, "meningioma"))
+    ]
+    for case in cases:
+        assert case.image.shape == (4, *MNI_GRID.shape)
+        assert (case.labels > 0).any(), "the tumour must survive resampling to the grid"
+        brain = case.image[0] != 0
+        # skull-stripped: a brain-sized region (MNI brain ~1.9 L = ~3700 voxels of 8 mm)
+        assert 2000 < int(brain.sum()) < 7000
+        assert not brain[0].any() and not brain[-1].any()  # x edges: +-92 mm, brain +-71
+    cfg = train_volumes.TrainConfig(
+        work_dir=tmp_path / "work",
+        grid=MNI_GRID,
+        net=Net3dConfig(base=4, levels=3, type_head_width=4),
+        augment=volumes.AugmentConfig(p_affine=1.0),
+        steps=2,
+        batch_size=2,
+        bf16=False,
+        threads=1,
+        val_every=2,
+    )
+    train_volumes.train(cfg, cases, cases[:1])
+    # warm start from that checkpoint: same weights before the first step
+    warm = train_volumes.TrainConfig(
+        work_dir=tmp_path / "warm",
+        grid=MNI_GRID,
+        steps=1,
+        batch_size=2,
+        bf16=False,
+        threads=1,
+        val_every=1,
+        lr=0.0,
+        weight_decay=0.0,
+        warm_start=str(cfg.work_dir / "best.pt"),
+    )
+    train_volumes.train(warm, cases, cases[:1])
+    assert warm.net.type_head_width == 4
+    before = torch.load(cfg.work_dir / "best.pt", weights_only=False)["model"]
+    after = torch.load(warm.work_dir / "last.pt", weights_only=False)["model"]
+    assert torch.equal(before["seg_head.weight"], after["seg_head.weight"])
+    card_path = export3d.export_checkpoint(
+        checkpoint=cfg.work_dir / "best.pt",
+        out_dir=tmp_path / "zoo",
+        name="tiny3d_mni",
+        version="0.0.1",
+        threads=1,
+    )
+    card = json.loads(card_path.read_text())
+    assert card["inputs"][0]["grid"]["placement"] == "mni"
+    assert "MNI" in card["inputs"][0]["preprocessing"]["placement"]
+    _, loaded = load_volume_card(card_path, tmp_path)
+    assert loaded.grid == MNI_GRID
+
+
+def test_registration_error_augmentation_keeps_labels_aligned() -> None:
+    rng = np.random.default_rng(0)
+    image = np.zeros((4, 24, 32, 24), np.float16)
+    labels = np.zeros((24, 32, 24), np.uint8)
+    labels[8:14, 10:18, 9:15] = 2
+    image[:, 8:14, 10:18, 9:15] = 3.0
+    cfg = volumes.AugmentConfig(p_flip=0.0, p_affine=1.0, p_drop=0.0, intensity_scale=0.0)
+    for _ in range(3):
+        x, y = volumes.augment(image, labels, rng, cfg)
+        assert x.shape == image.shape and y.shape == labels.shape
+        assert (y == 2).sum() > 0
+        # the bright block and the label block moved together
+        assert float(x[0][y == 2].mean()) > 2.0

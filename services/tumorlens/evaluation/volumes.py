@@ -11,13 +11,21 @@ Case layouts found under ``DIR`` (searched two folders deep):
 Phantom ``meta.json`` (or the dataset's ``cases.json``) gives the type and grade. A case that
 cannot be read (missing or unreadable file, image/label shape mismatch) is skipped with a message
 naming the file and counted in the summary.
+
+Models whose grid is placed in MNI space (card ``grid.placement == "mni"``) need the subject's
+MNI affine and a brain mask: evaluation computes them exactly as the service does, with the
+runtime brain extraction (:func:`tumorlens.pipeline.brain_mask.extract_brain`) on the case's
+sequences put on one grid (:func:`aligned_study`; they normally share the label file's grid),
+so registration error and mask quality count in the figures. Training uses the same helper
+(:func:`case_brain`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,15 +33,19 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from tumorlens.errors import TumorlensError
+from tumorlens.errors import EvaluationDataError, TumorlensError, VolumeError
 from tumorlens.evaluation.metrics import confusion_matrix, roc_auc
 from tumorlens.evaluation.seg_metrics import REGIONS, dice, hd95, region_mask
 from tumorlens.inference.preprocess3d import (
+    REFERENCE_ORDER,
     SEQUENCES,
-    VolumeError,
+    Affine,
     load_nifti,
+    resample_to,
 )
 from tumorlens.inference.volume_model import VolumeModel, VolumePrediction
+from tumorlens.pipeline.brain_mask import TEMPLATE_MASK_FILE, BrainMask, extract_brain
+from tumorlens.pipeline.grid import AlignedSequence, AlignedStudy
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +56,6 @@ LAYOUTS: dict[str, tuple[str, dict[str, str], int]] = {
     "brats2023": ("-", {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f", "seg": "seg"}, 3),
 }
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-
-
-class EvaluationDataError(TumorlensError):
-    """The evaluation folder holds no usable case."""
 
 
 @dataclass
@@ -140,6 +148,55 @@ def load_labels(case: CaseFiles) -> tuple[NDArray[np.uint8], NDArray[np.float64]
     return out, affine
 
 
+# --- brain extraction as in the service ---------------------------------------------------------
+
+#: Model sequence name -> the pipeline's (:mod:`tumorlens.pipeline.grid`).
+PIPELINE_NAMES: dict[str, str] = {"t1": "t1", "t1ce": "t1c", "t2": "t2", "flair": "flair"}
+
+
+def aligned_study(images: Mapping[str, tuple[NDArray[Any], Affine]]) -> AlignedStudy:
+    """``{model sequence: (array, affine)}`` -> the pipeline's :class:`AlignedStudy` on the
+    reference sequence's grid (T1c, else FLAIR, T2, T1). Files of one case normally share a
+    grid (BraTS, phantoms); others are resampled onto it by physical coordinates (no
+    registration: the files are taken to be co-registered)."""
+    ref_name = next((s for s in REFERENCE_ORDER if s in images), None)
+    if ref_name is None:
+        raise VolumeError(f"no usable sequence; expected some of {', '.join(SEQUENCES)}")
+    ref, ref_affine = images[ref_name]
+    shape = (int(ref.shape[0]), int(ref.shape[1]), int(ref.shape[2]))
+    sequences: dict[str, AlignedSequence] = {}
+    for name, (data, affine) in images.items():
+        array = np.asarray(data, dtype=np.float32)
+        if array.shape != shape or not np.allclose(affine, ref_affine, atol=1e-4):
+            array = resample_to(array, affine, ref_affine, shape)
+        method = "reference" if name == ref_name else "frame of reference"
+        pipeline_name = PIPELINE_NAMES[name]
+        sequences[pipeline_name] = AlignedSequence(pipeline_name, array, np.eye(4), method)
+    return AlignedStudy(
+        reference=PIPELINE_NAMES[ref_name],
+        affine=np.asarray(ref_affine, dtype=np.float64),
+        shape=shape,
+        sequences=sequences,
+    )
+
+
+def case_brain(images: Mapping[str, tuple[NDArray[Any], Affine]], models_dir: Path) -> BrainMask:
+    """The service's brain extraction (mask + subject<->MNI affines) for one case's arrays;
+    ``models_dir`` holds the MNI template."""
+    try:
+        return extract_brain(aligned_study(images), models_dir)
+    except ValueError as exc:
+        raise VolumeError(f"brain extraction failed: {exc}") from exc
+
+
+def template_dir(model_path: Path, models_dir: Path) -> Path:
+    """Where the MNI template is: beside the model, else ``models_dir``."""
+    for folder in (model_path.parent, models_dir):
+        if (folder / TEMPLATE_MASK_FILE).is_file():
+            return folder
+    return models_dir
+
+
 # --- running the model -------------------------------------------------------------------------
 
 
@@ -155,7 +212,8 @@ class CaseResult:
     tumour_type: str | None
     predicted_type: str
     p_hgg: float  # P(HGG) / (P(HGG) + P(LGG))
-    seconds: float
+    seconds: float  # preprocessing + model + resampling back (VolumeModel.predict_arrays)
+    brain_seconds: float | None = None  # brain extraction (MNI-placed models only)
 
 
 @dataclass
@@ -226,6 +284,9 @@ def summarise(results: Sequence[CaseResult], type_labels: Sequence[str]) -> dict
         summary["type_confusion"] = cm.tolist()
     seconds = [r.seconds for r in results]
     summary["seconds_per_case_median"] = float(np.median(seconds)) if seconds else float("nan")
+    brain = [r.brain_seconds for r in results if r.brain_seconds is not None]
+    if brain:
+        summary["brain_extraction_seconds_median"] = float(np.median(brain))
     return summary
 
 
@@ -250,6 +311,8 @@ def evaluate_volumes(
         cases = cases[:limit]
     net = VolumeModel(model, models_dir, threads)
     types = net.card.type_labels
+    mni = net.card.grid.placement == "mni"
+    templates = template_dir(net.path, models_dir)
     results: list[CaseResult] = []
     preds: list[VolumePrediction] = []
     skipped: list[dict[str, str]] = []
@@ -257,14 +320,28 @@ def evaluate_volumes(
         images = {s: p for s, p in case.images.items() if sequences is None or s in sequences}
         try:
             truth, seg_affine = load_labels(case)
-            for path in images.values():
-                shape = load_nifti(path)[0].shape
-                if shape != truth.shape:
+            arrays = {name: load_nifti(path) for name, path in images.items()}
+            for name, (array, _) in arrays.items():
+                if array.shape != truth.shape:
                     raise VolumeError(
-                        f"{path}: shape {shape} differs from the labels {truth.shape}"
+                        f"{images[name]}: shape {array.shape} differs from the labels {truth.shape}"
                     )
-            pred = net.predict(images, seg_affine, truth.shape)
-        except (VolumeError, TumorlensError) as exc:
+            brain_seconds: float | None = None
+            if mni:
+                started = time.perf_counter()
+                brain = case_brain(arrays, templates)
+                brain_seconds = time.perf_counter() - started
+                pred = net.predict_arrays(
+                    arrays,
+                    seg_affine,
+                    truth.shape,
+                    subject_to_mni=brain.subject_to_mni,
+                    brain_mask=(brain.mask, brain.affine),
+                    activation=False,
+                )
+            else:
+                pred = net.predict_arrays(arrays, seg_affine, truth.shape, activation=False)
+        except TumorlensError as exc:  # VolumeError and the rest: skip the case, go on
             log.warning("skipping %s: %s", case.case_id, exc)
             skipped.append({"case": case.case_id, "reason": str(exc)})
             continue
@@ -287,6 +364,7 @@ def evaluate_volumes(
                 types[int(np.argmax(probs))] if types else "",
                 p_hgg,
                 pred.seconds,
+                brain_seconds,
             )
         )
         preds.append(pred)
@@ -321,6 +399,11 @@ def format_volume_table(report: VolumeReport) -> str:
     if "type_accuracy" in s:
         lines.append(f"type accuracy (n={s['type_n']}): {s['type_accuracy']:.3f}")
     lines.append(f"median seconds per case: {s.get('seconds_per_case_median', float('nan')):.2f}")
+    if "brain_extraction_seconds_median" in s:
+        lines.append(
+            "median seconds of brain extraction per case (not included above): "
+            f"{s['brain_extraction_seconds_median']:.2f}"
+        )
     return "\n".join(lines)
 
 

@@ -20,7 +20,6 @@ from tumorlens.inference.preprocess3d import (
     Affine,
     Prepared,
     VolumeCard,
-    load_nifti,
     load_volume_card,
     preprocess_arrays,
     probabilities_to_native,
@@ -79,16 +78,6 @@ class VolumeModel:
             ["seg_logits", "type_logits"], {self.card.input_name: image[None]}
         )
         return softmax(np.asarray(seg_logits)[0], axis=0), softmax(np.asarray(type_logits)[0])
-
-    def predict(
-        self,
-        images: Mapping[str, Path],
-        native_affine: NDArray[np.float64],
-        native_shape: Sequence[int],
-    ) -> VolumePrediction:
-        """Like :meth:`predict_arrays` from NIfTI files (``{sequence: path}``)."""
-        arrays = {name: load_nifti(path) for name, path in images.items()}
-        return self.predict_arrays(arrays, native_affine, native_shape, activation=False)
 
     def predict_arrays(
         self,
