@@ -25,6 +25,7 @@ from PIL import Image
 
 from tumorlens.inference.card import ModelCard, resolve_model
 from tumorlens.inference.preprocess import preprocess_image
+from tumorlens.inference.preprocess3d import softmax
 from tumorlens.inference.session import create_session
 
 NO_TUMOUR: Final = "notumor"
@@ -108,9 +109,7 @@ class SliceClassifier:
                 ["logits"], {self.card.input_name: np.stack(arrays[start : start + BATCH])}
             )
             logits.append(np.asarray(out, dtype=np.float32))
-        z = np.concatenate(logits)
-        z = z - z.max(axis=1, keepdims=True)
-        probs = (np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)).astype(np.float32)
+        probs = softmax(np.concatenate(logits), axis=1)
         labels = self.card.label_names
         pooled = pool(probs, labels)
         tumour = (
