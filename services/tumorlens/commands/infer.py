@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from tumorlens.analysis.instances import StudyInstances
 from tumorlens.analysis.models import ModelSet
 from tumorlens.config import load_settings
 from tumorlens.pipeline.volumes import nifti_image
+from tumorlens.sender.outbox import atomic_write
 
 RESULT_FILE = "result.json"
 #: The label map (BraTS labels 1 core, 2 oedema, 3 enhancing) and the brain mask, on the
@@ -88,9 +87,10 @@ def run(args: argparse.Namespace) -> int:
     result["model_load_seconds"] = round(model_seconds, 3)
     result["total_seconds"] = round(time.perf_counter() - started, 3)
     text = json.dumps(result, indent=2) + "\n"
-    _write_text(args.out / RESULT_FILE, text)
+    atomic_write(args.out / RESULT_FILE, text.encode())
     if args.json is not None:
-        _write_text(args.json, text)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(args.json, text.encode())
     volumes = result["volumes_ml"]
     kind_type = result["tumour_type"]["most_probable"]
     print(
@@ -101,10 +101,3 @@ def run(args: argparse.Namespace) -> int:
         f"{len(files)} object(s) in {args.out} ({result['total_seconds']:.1f} s)"
     )
     return 0
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".part") as fh:
-        fh.write(text)
-    os.replace(fh.name, path)

@@ -66,7 +66,7 @@ class OutboxBatch:
             ],
             "delivered": self.delivered,
         }
-        _atomic_write(self.folder / MANIFEST, json.dumps(data, indent=2).encode())
+        atomic_write(self.folder / MANIFEST, json.dumps(data, indent=2).encode())
 
 
 class Outbox:
@@ -132,7 +132,8 @@ class Outbox:
         )
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all: temp file in its folder, fsync, rename."""
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".part", delete=False) as fh:
         fh.write(data)
         fh.flush()
