@@ -116,3 +116,27 @@ def test_resend_command(
         assert len(scp.received()) == 3
     assert f"{to}: 3 object(s) sent" in capsys.readouterr().out
     assert main(["resend", "1.2.3.4", "--data-dir", str(tmp_path), "--to", to]) == 2
+
+
+def test_resend_goes_back_to_the_sender_through_peers(tmp_path: Path) -> None:
+    """Without --to or 'destinations', resend uses the calling AE the outbox recorded."""
+    objects = [("SC", mr_instance(STUDY, STUDY + ".9", i)) for i in range(2)]
+    Outbox(tmp_path / "outbox").write(STUDY, 1, objects, calling_aet="PACS1")
+    with run_storescp(tmp_path / "scp", "PACS1") as scp:
+        os.environ["TUMORLENS_PEERS"] = f"PACS1@{scp.host}:{scp.port}"
+        try:
+            assert main(["resend", STUDY, "--data-dir", str(tmp_path)]) == 0
+        finally:
+            del os.environ["TUMORLENS_PEERS"]
+        assert len(scp.received()) == 2
+    # Unknown sender, no destinations: a clear refusal (exit 2), nothing sent.
+    Outbox(tmp_path / "outbox").write(STUDY, 1, objects, calling_aet="OTHER")
+    assert main(["resend", STUDY, "--data-dir", str(tmp_path)]) == 2
+
+
+def test_a_new_write_starts_a_new_delivery(tmp_path: Path, batch: OutboxBatch) -> None:
+    """A re-run re-writes the same objects (deterministic UIDs): all are sent again."""
+    batch.mark_delivered("PACS@h:1", [o.sop_instance_uid for o in batch.objects])
+    objects = [("SC", mr_instance(STUDY, STUDY + ".9", i)) for i in range(3)]
+    again = Outbox(tmp_path / "outbox").write(STUDY, 2, objects)
+    assert len(again.pending("PACS@h:1")) == 3

@@ -140,6 +140,11 @@ def test_a_rerun_sends_the_same_objects_again(
     assert run_job(ref, ctx) is JobState.DONE
     again = {o["sop_instance_uid"] for o in ctx.jobs.get(ref.study_instance_uid).details["objects"]}
     assert again == first  # deterministic UIDs: the PACS replaces, it does not duplicate
+    # ... and sent again: the second run delivered every object (storescp files them by SOP
+    # Instance UID, so the peer holds one copy of each).
+    details = ctx.jobs.get(ref.study_instance_uid).details
+    assert details["delivered"] == {f"RESULTS@127.0.0.1:{scp.port}": len(first)}
+    assert len(scp.received()) == len(first)
 
 
 def test_a_missing_sequence_is_reported_and_the_rest_analysed(

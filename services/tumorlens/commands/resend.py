@@ -7,8 +7,7 @@ from pathlib import Path
 
 from tumorlens.commands.common import settings_from_args
 from tumorlens.config import Destination
-from tumorlens.errors import DeliveryError
-from tumorlens.sender.deliver import RetryPolicy, deliver
+from tumorlens.sender.deliver import RetryPolicy, deliver, resolve_destinations
 from tumorlens.sender.outbox import Outbox
 
 
@@ -23,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="append",
         type=Destination.parse,
         metavar="AE@HOST:PORT",
-        help="destination (repeatable; default: the configured destinations)",
+        help="destination (repeatable; default: destinations, else the sender via peers)",
     )
     parser.add_argument("--data-dir", type=Path, help="data directory (default: settings)")
     parser.add_argument(
@@ -37,10 +36,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    destinations = tuple(args.to or settings.destinations)
-    if not destinations:
-        raise DeliveryError("no destination: pass --to AE@host:port or set 'destinations'")
     batch = Outbox(settings.outbox_dir).load(args.study_instance_uid, args.version)
+    # Where the worker would send: 'destinations', else back to the sender via 'peers'.
+    destinations = tuple(args.to or resolve_destinations(settings, batch.calling_aet))
     if args.all:
         for destination in destinations:
             batch.delivered.pop(str(destination), None)

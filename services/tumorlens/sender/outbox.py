@@ -40,6 +40,7 @@ class OutboxBatch:
     folder: Path
     objects: list[OutboxObject]
     delivered: dict[str, list[str]] = field(default_factory=dict)  # destination -> SOP UIDs
+    calling_aet: str = ""  # who sent the study: results go back to it via `peers`
 
     def pending(self, destination: str) -> list[OutboxObject]:
         done = set(self.delivered.get(destination, []))
@@ -55,6 +56,7 @@ class OutboxBatch:
         data: dict[str, Any] = {
             "study_instance_uid": self.study_instance_uid,
             "version": self.version,
+            "calling_aet": self.calling_aet,
             "objects": [
                 {
                     "file": o.path.name,
@@ -77,9 +79,17 @@ class Outbox:
         return self.root / validate_uid(study_instance_uid, "StudyInstanceUID") / f"v{version}"
 
     def write(
-        self, study_instance_uid: str, version: int, objects: Iterable[tuple[str, Dataset]]
+        self,
+        study_instance_uid: str,
+        version: int,
+        objects: Iterable[tuple[str, Dataset]],
+        calling_aet: str = "",
     ) -> OutboxBatch:
-        """Store ``(kind, dataset)`` objects for a study version; the manifest comes last."""
+        """Store ``(kind, dataset)`` objects for a study version; the manifest comes last.
+
+        A write starts a new delivery: a re-run sends its (re-made) objects again, under the
+        same deterministic UIDs, so the PACS replaces rather than duplicates them.
+        """
         folder = self.folder(study_instance_uid, version)
         folder.mkdir(parents=True, exist_ok=True)
         written = []
@@ -92,11 +102,7 @@ class Outbox:
                 os.fsync(fh.fileno())
             os.replace(fh.name, path)
             written.append(OutboxObject(path, str(dataset.SOPClassUID), sop_uid, kind))
-        batch = OutboxBatch(study_instance_uid, version, folder, written)
-        previous = self._load_manifest(folder)
-        if previous is not None:
-            # Same objects (deterministic UIDs) re-written: keep what was delivered already.
-            batch.delivered = previous.delivered
+        batch = OutboxBatch(study_instance_uid, version, folder, written, calling_aet=calling_aet)
         batch.save()
         return batch
 
@@ -129,6 +135,7 @@ class Outbox:
             folder,
             objects,
             {k: list(v) for k, v in data.get("delivered", {}).items()},
+            str(data.get("calling_aet", "")),
         )
 
 

@@ -110,10 +110,12 @@ def _analyse_and_send(ref: JobRef, ctx: WorkerContext) -> None:
     )
     ctx.jobs.set_details(ref, **analysis.result)
     ctx.jobs.set_step(ref, JobState.RUNNING, "outbox")
-    batch = ctx.outbox.write(ref.study_instance_uid, ref.version, analysis.objects)
+    job = ctx.jobs.get(ref.study_instance_uid, ref.version)
+    batch = ctx.outbox.write(
+        ref.study_instance_uid, ref.version, analysis.objects, calling_aet=job.calling_aet
+    )
     _keep_maps(analysis, batch.folder)
     ctx.jobs.set_step(ref, JobState.SENDING, "deliver")
-    job = ctx.jobs.get(ref.study_instance_uid, ref.version)
     try:
         destinations = resolve_destinations(ctx.settings, job.calling_aet)
         report = deliver(batch, destinations, ctx.settings.ae_title, ctx.delivery_policy)
