@@ -14,8 +14,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
 
+import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 import pydicom
@@ -31,7 +33,7 @@ from tumorlens.errors import NoUsableSeriesError, StudyProcessingError
 from tumorlens.pipeline.brain_mask import BrainMask, extract_brain
 from tumorlens.pipeline.grid import REFERENCE_ORDER, AlignedStudy, align_sequences
 from tumorlens.pipeline.series_selection import DISPLAY, select_series
-from tumorlens.pipeline.volumes import SeriesVolume, StudyVolumes, selected_volumes
+from tumorlens.pipeline.volumes import SeriesVolume, StudyVolumes, nifti_image, selected_volumes
 from tumorlens.writers.findings import Findings
 from tumorlens.writers.frames import frame_views
 from tumorlens.writers.pdf import build_pdf
@@ -44,6 +46,9 @@ LOG = logging.getLogger(__name__)
 #: Pipeline sequence name -> the 3D model's channel name (BraTS file suffixes).
 MODEL_CHANNEL: Final = {"t1": "t1", "t1c": "t1ce", "t2": "t2", "flair": "flair"}
 RESEARCH_USE: Final = "Research use only - not for diagnosis. Outputs of reference AI models."
+
+LABELS_FILE: Final = "labels.nii.gz"  # BraTS labels 1 core, 2 oedema, 3 enhancing
+BRAIN_MASK_FILE: Final = "brain_mask.nii.gz"
 
 StepHook = Callable[[str], None]
 
@@ -63,6 +68,15 @@ class Analysis:
     label_volume: npt.NDArray[np.uint8] | None = None
     brain_mask: npt.NDArray[np.uint8] | None = None
     affine: npt.NDArray[np.float64] | None = None
+
+    def save_maps(self, folder: Path) -> None:
+        """The label map and brain mask as NIfTI (:data:`LABELS_FILE`, :data:`BRAIN_MASK_FILE`)
+        on the reference series' grid: what the SEG was made from."""
+        if self.affine is None:
+            return
+        for name, data in ((LABELS_FILE, self.label_volume), (BRAIN_MASK_FILE, self.brain_mask)):
+            if data is not None:
+                nib.save(nifti_image(data, self.affine), folder / name)
 
 
 class _Steps:
@@ -149,8 +163,6 @@ def analyse(
         )
         measurements = measure(labels, aligned.affine, brain.subject_to_mni)
         types = np.asarray(prediction.type_probs, dtype=np.float64)
-        names = list(models.volume.card.type_labels)
-        p_hgg, p_lgg = _pair(types, names, "hgg", "lgg")
         activation = (
             np.ascontiguousarray(prediction.activation.transpose(2, 1, 0))
             if prediction.activation is not None
@@ -161,7 +173,7 @@ def analyse(
             reference_series=reference_series,
             label_map=np.ascontiguousarray(labels.transpose(2, 1, 0)),
             measurements=measurements,
-            hgg_probability=p_hgg / (p_hgg + p_lgg) if p_hgg + p_lgg > 0 else 0.5,
+            hgg_probability=prediction.hgg_probability(models.volume.card.type_labels),
             tumour_types=models.volume_types(types / types.sum()),
             models=models.identities(),
             study_version=version,
@@ -227,12 +239,6 @@ def _writer_reference(volumes: StudyVolumes) -> str:
     present = [name for name in REFERENCE_ORDER if name in volumes.volumes]
     classic = [n for n in present if all(s.frame is None for s in volumes.volumes[n].slices)]
     return (classic or present)[0]
-
-
-def _pair(types: np.ndarray[Any, Any], names: list[str], a: str, b: str) -> tuple[float, float]:
-    pa = float(types[names.index(a)]) if a in names else 0.0
-    pb = float(types[names.index(b)]) if b in names else 0.0
-    return pa, pb
 
 
 def _read_reference(volume: SeriesVolume) -> tuple[tuple[Dataset, ...], tuple[Dataset, ...]]:

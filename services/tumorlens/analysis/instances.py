@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,9 +90,6 @@ class StudyInstances:
                 continue
             headers.append(SeriesHeader(ds, len(paths)))
         return headers, problems
-
-    def paths_of(self, series_uids: Iterable[str]) -> dict[str, tuple[Path, ...]]:
-        return {uid: self.series.get(uid, ()) for uid in series_uids}
 
 
 _GROUPING = ["StudyInstanceUID", "SeriesInstanceUID"]

@@ -110,9 +110,9 @@ def measure(labels: LabelVolume, affine: Affine, subject_to_mni: Affine | None) 
     counts = np.bincount(labels.ravel(), minlength=4)
     volumes = {k: float(counts[k]) * voxel_ml for k in (1, 2, 3) if counts[k]}
     tumour = labels > 0
-    components, lesions = ndimage.label(tumour, structure=_structure())
     if not tumour.any():
         return Measurements(volumes, 0, Side.MIDLINE, None)
+    components, lesions = ndimage.label(tumour, structure=_structure())
     idx = np.argwhere(tumour).astype(np.float64)
     ras = idx @ affine[:3, :3].T + affine[:3, 3]
     centroid_ras = ras.mean(axis=0)

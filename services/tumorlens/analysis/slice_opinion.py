@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from tumorlens.inference.card import ModelCard, resolve_model
+from tumorlens.inference.card import resolve_model
 from tumorlens.inference.preprocess import preprocess_image
 from tumorlens.inference.preprocess3d import softmax
 from tumorlens.inference.session import create_session
@@ -40,13 +40,7 @@ class SliceOpinion:
 
     probabilities: dict[str, float]
     slices: tuple[int, ...]  # slice indices along the series' normal that were classified
-    per_slice_tumour: tuple[float, ...]  # 1 - p(no tumour), per classified slice
     seconds: float
-
-    @property
-    def most_probable(self) -> tuple[str, float]:
-        name = max(self.probabilities, key=lambda k: self.probabilities[k])
-        return name, self.probabilities[name]
 
 
 def window_to_image(plane: npt.NDArray[np.float32]) -> Image.Image:
@@ -83,10 +77,6 @@ class SliceClassifier:
         self.path, self.card = resolve_model(model, models_dir)
         self.session = create_session(self.path, threads=threads)
 
-    @property
-    def model_card(self) -> ModelCard:
-        return self.card
-
     def classify(
         self, volume: npt.NDArray[np.float32], brain: npt.NDArray[np.uint8] | None
     ) -> SliceOpinion:
@@ -110,16 +100,8 @@ class SliceClassifier:
             )
             logits.append(np.asarray(out, dtype=np.float32))
         probs = softmax(np.concatenate(logits), axis=1)
-        labels = self.card.label_names
-        pooled = pool(probs, labels)
-        tumour = (
-            1.0 - probs[:, labels.index(NO_TUMOUR)]
-            if NO_TUMOUR in labels
-            else np.ones(len(chosen), dtype=np.float32)
-        )
         return SliceOpinion(
-            probabilities=pooled,
+            probabilities=pool(probs, self.card.label_names),
             slices=tuple(int(k) for k in chosen),
-            per_slice_tumour=tuple(round(float(t), 4) for t in tumour),
             seconds=time.perf_counter() - started,
         )

@@ -14,20 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
-
 from tumorlens.analysis.analyse import analyse
 from tumorlens.analysis.instances import StudyInstances
 from tumorlens.analysis.models import ModelSet
 from tumorlens.config import load_settings
-from tumorlens.pipeline.volumes import nifti_image
 from tumorlens.sender.outbox import atomic_write
 
 RESULT_FILE = "result.json"
-#: The label map (BraTS labels 1 core, 2 oedema, 3 enhancing) and the brain mask, on the
-#: reference series' voxel grid, for research use outside a viewer.
-LABELS_FILE = "labels.nii.gz"
-BRAIN_MASK_FILE = "brain_mask.nii.gz"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -78,10 +71,7 @@ def run(args: argparse.Namespace) -> int:
         name = f"{kind}.dcm" if counts[kind] == 1 else f"{kind}_{counts[kind]}.dcm"
         dataset.save_as(args.out / name, enforce_file_format=True)
         files.append({"kind": kind, "file": name, "sop_instance_uid": str(dataset.SOPInstanceUID)})
-    if analysis.label_volume is not None and analysis.affine is not None:
-        nib.save(nifti_image(analysis.label_volume, analysis.affine), args.out / LABELS_FILE)
-    if analysis.brain_mask is not None and analysis.affine is not None:
-        nib.save(nifti_image(analysis.brain_mask, analysis.affine), args.out / BRAIN_MASK_FILE)
+    analysis.save_maps(args.out)  # labels.nii.gz, brain_mask.nii.gz, for research use
     result = dict(analysis.result)
     result["objects"] = files
     result["model_load_seconds"] = round(model_seconds, 3)

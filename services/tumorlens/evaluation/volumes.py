@@ -351,9 +351,7 @@ def evaluate_volumes(
             r: hd95(region_mask(pred.labels, r), region_mask(truth, r), spacing) for r in REGIONS
         }
         probs = pred.type_probs
-        hgg = probs[types.index("hgg")] if "hgg" in types else np.float32(0)
-        lgg = probs[types.index("lgg")] if "lgg" in types else np.float32(0)
-        p_hgg = float(hgg / (hgg + lgg)) if hgg + lgg > 0 else 0.5
+        p_hgg = pred.hgg_probability(types)
         results.append(
             CaseResult(
                 case.case_id,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,6 @@ from numpy.typing import NDArray
 from tumorlens.inference.preprocess3d import (
     Affine,
     Prepared,
-    VolumeCard,
     load_volume_card,
     preprocess_arrays,
     probabilities_to_native,
@@ -35,14 +34,18 @@ FEATURES_OUTPUT = "type_features"
 class VolumePrediction:
     labels: NDArray[np.uint8]  # on the native grid, internal labels 0..3
     type_probs: NDArray[np.float32]  # (K,) in card label order
-    grid_probs: NDArray[np.float32]  # (4, X, Y, Z) on the model grid
-    grid_affine: NDArray[np.float64]
     seconds: float
     present: tuple[str, ...] = ()
     # Class activation map of the most probable type on the native grid, 0..1 (None when the
     # model exports no feature maps).
     activation: NDArray[np.float32] | None = None
-    info: dict[str, Any] = field(default_factory=dict)
+
+    def hgg_probability(self, type_labels: Sequence[str]) -> float:
+        """P(HGG) / (P(HGG) + P(LGG)): the grade among gliomas; 0.5 when neither is likely."""
+        names = list(type_labels)
+        hgg = float(self.type_probs[names.index("hgg")]) if "hgg" in names else 0.0
+        lgg = float(self.type_probs[names.index("lgg")]) if "lgg" in names else 0.0
+        return hgg / (hgg + lgg) if hgg + lgg > 0 else 0.5
 
 
 class VolumeModel:
@@ -63,21 +66,8 @@ class VolumeModel:
             self._cam = (np.asarray(cam["weights"], dtype=np.float32), int(cam["stride_voxels"]))
 
     @property
-    def card_(self) -> VolumeCard:
-        return self.card
-
-    @property
     def providers(self) -> list[str]:
         return list(self.session.get_providers())
-
-    def run_grid(
-        self, image: NDArray[np.float32]
-    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-        """Model-grid input ``(C, X, Y, Z)`` -> (seg probabilities (4, X, Y, Z), type probs)."""
-        seg_logits, type_logits = self.session.run(
-            ["seg_logits", "type_logits"], {self.card.input_name: image[None]}
-        )
-        return softmax(np.asarray(seg_logits)[0], axis=0), softmax(np.asarray(type_logits)[0])
 
     def predict_arrays(
         self,
@@ -103,29 +93,23 @@ class VolumeModel:
         labels = labels_on_native(probs, prepared.affine, native_affine, native_shape)
         cam = None
         if want_cam:
-            cam = self._activation(np.asarray(results[2])[0], int(np.argmax(type_probs)), prepared)
+            cam = self._activation(np.asarray(results[2])[0], int(np.argmax(type_probs)))
             cam = resample_to(cam, self._feature_affine(prepared), native_affine, native_shape)
             peak = float(cam.max(initial=0.0))
             cam = (np.clip(cam / peak, 0.0, 1.0) if peak > 0 else cam).astype(np.float32)
         return VolumePrediction(
             labels=labels,
             type_probs=type_probs,
-            grid_probs=probs,
-            grid_affine=prepared.affine,
             seconds=time.perf_counter() - started,
             present=prepared.present,
             activation=cam,
-            info=dict(prepared.info),
         )
 
-    def _activation(
-        self, features: NDArray[np.float32], k: int, prepared: Prepared
-    ) -> NDArray[np.float32]:
+    def _activation(self, features: NDArray[np.float32], k: int) -> NDArray[np.float32]:
         """CAM of class ``k`` on the feature grid; negative evidence clipped."""
         assert self._cam is not None
         weights, _ = self._cam
         cam = np.tensordot(weights[k], features, axes=(0, 0)).astype(np.float32)
-        del prepared
         return np.maximum(cam, 0.0).astype(np.float32)
 
     def _feature_affine(self, prepared: Prepared) -> Affine:

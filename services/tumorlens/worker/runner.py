@@ -11,11 +11,8 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import nibabel as nib
-
-from tumorlens.analysis.analyse import Analysis, analyse
+from tumorlens.analysis.analyse import analyse
 from tumorlens.analysis.instances import StudyInstances
 from tumorlens.analysis.models import ModelSet
 from tumorlens.config import Settings
@@ -26,7 +23,6 @@ from tumorlens.errors import (
     TumorlensError,
 )
 from tumorlens.listener.spool import Spool
-from tumorlens.pipeline.volumes import nifti_image
 from tumorlens.sender.deliver import RetryPolicy, deliver, resolve_destinations
 from tumorlens.sender.outbox import Outbox
 from tumorlens.store.jobs import AttemptDecision, JobRef, JobStore
@@ -114,7 +110,7 @@ def _analyse_and_send(ref: JobRef, ctx: WorkerContext) -> None:
     batch = ctx.outbox.write(
         ref.study_instance_uid, ref.version, analysis.objects, calling_aet=job.calling_aet
     )
-    _keep_maps(analysis, batch.folder)
+    analysis.save_maps(batch.folder)  # kept for audit, never sent
     ctx.jobs.set_step(ref, JobState.SENDING, "deliver")
     try:
         destinations = resolve_destinations(ctx.settings, job.calling_aet)
@@ -127,16 +123,6 @@ def _analyse_and_send(ref: JobRef, ctx: WorkerContext) -> None:
         ref, delivered={k: v for k, v in report.sent.items()}, delivery_attempts=report.attempts
     )
     ctx.jobs.transition(ref, JobState.DONE)
-
-
-def _keep_maps(analysis: Analysis, folder: Path) -> None:
-    """The label map and brain mask beside the objects (never sent): what the SEG was made
-    from, for audit and research, as NIfTI on the reference series' grid."""
-    if analysis.affine is None:
-        return
-    for name, data in (("labels", analysis.label_volume), ("brain_mask", analysis.brain_mask)):
-        if data is not None:
-            nib.save(nifti_image(data, analysis.affine), folder / f"{name}.nii.gz")
 
 
 def _fail(ctx: WorkerContext, ref: JobRef, reason: str) -> None:

@@ -6,6 +6,7 @@ series, probabilities in range...), so every writer can rely on it without check
 
 from __future__ import annotations
 
+import functools
 import itertools
 import uuid
 from collections.abc import Sequence
@@ -215,10 +216,11 @@ class Findings:
     def study_instance_uid(self) -> str:
         return str(self.reference_series[0].StudyInstanceUID)
 
-    @property
+    @functools.cached_property
     def present_labels(self) -> tuple[int, ...]:
-        """BraTS labels with at least one voxel, ascending."""
-        return tuple(int(v) for v in np.unique(self.label_map) if int(v) in codes.BRATS_LABELS)
+        """BraTS labels with at least one voxel, ascending (counted once: the map is large)."""
+        counts = np.bincount(self.label_map.ravel(), minlength=max(codes.BRATS_LABELS) + 1)
+        return tuple(k for k in sorted(codes.BRATS_LABELS) if counts[k])
 
     @property
     def most_probable_type(self) -> TypeProbability:
