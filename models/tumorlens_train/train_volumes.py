@@ -267,7 +267,11 @@ def train_type_head(  # noqa: PLR0917
     state = {k: v for k, v in old.state_dict().items() if not k.startswith("type_head.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and all(k.startswith(("type_conv.", "type_head.")) for k in missing)
+    # Cases without a known type (BraTS 2021/2023) cannot teach or judge the type head.
     train_cases = [c for c in train_cases if c.type_index != UNKNOWN]
+    val_cases = [c for c in val_cases if c.type_index != UNKNOWN] or train_cases
+    if not train_cases:
+        raise ValueError("no training case has a known tumour type: no type head to train")
     started = time.perf_counter()
     feats = _bottlenecks(model, train_cases)
     labels = torch.tensor([c.type_index for c in train_cases])

@@ -3,6 +3,7 @@ must reproduce PyTorch within the export tolerance, and the card must describe t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -61,6 +62,21 @@ def test_train_export_matches_torch(tmp_path: Path, tiny_cases: list[volumes.Pre
         threads=1,
     )
     assert 0.0 <= best["val_accuracy"] <= 1.0
+    # Cases of unknown type (BraTS 2021/2023 carry none) are left out of stage 2, not fatal.
+    untyped = [dataclasses.replace(c, type_index=volumes.UNKNOWN) for c in tiny_cases]
+    train_volumes.train_type_head(
+        cfg.work_dir / "best.pt",
+        tmp_path / "untyped.pt",
+        [*tiny_cases, *untyped],
+        untyped,
+        width=4,
+        epochs=1,
+        threads=1,
+    )
+    with pytest.raises(ValueError, match="known tumour type"):
+        train_volumes.train_type_head(
+            cfg.work_dir / "best.pt", tmp_path / "none.pt", untyped, untyped, width=4, epochs=1
+        )
     stage1 = torch.load(cfg.work_dir / "best.pt", weights_only=False)["model"]
     stage2 = torch.load(cfg.work_dir / "best_type.pt", weights_only=False)["model"]
     assert torch.equal(stage1["seg_head.weight"], stage2["seg_head.weight"])
