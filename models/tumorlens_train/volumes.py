@@ -28,6 +28,7 @@ subsets measured in the card) have held-out metrics.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -156,8 +157,11 @@ def build_cache(
     workers: int = 1,
     template_dir: Path = TEMPLATE_DIR,
 ) -> list[Path]:
-    """Prepare every case under ``root`` into ``cache_dir/<case>.npz`` (kept between runs; the
-    cache does not record the grid, so use one cache folder per grid)."""
+    """Prepare every case under ``root`` into ``cache_dir/<grid key>/<case>.npz``, kept between
+    runs; the grid key (a hash of the grid spec) keeps caches of other grids or placements
+    from being reused by mistake."""
+    key = hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+    cache_dir = cache_dir / f"grid-{key}"
     cache_dir.mkdir(parents=True, exist_ok=True)
     cases = find_cases(root)
     jobs = [(c, spec, cache_dir / f"{c.case_id}.npz", template_dir) for c in cases]
