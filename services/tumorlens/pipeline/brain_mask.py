@@ -53,7 +53,6 @@ from tumorlens.pipeline.volumes import nifti_image
 
 LOG = logging.getLogger(__name__)
 
-TEMPLATE_T1_FILE: Final = "mni_icbm152_2009a_t1_2mm.nii.gz"
 TEMPLATE_MASK_FILE: Final = "mni_icbm152_2009a_brainmask_2mm.nii.gz"
 SUBJECT_ORDER: Final = ("t1", "t1c", "t2", "flair")
 REGISTRATION_SPACING_MM: Final = 4.0
@@ -80,7 +79,8 @@ _TISSUE_FRACTION: Final = 0.55  # of the modal head intensity: below is bone, ai
 
 @dataclass(frozen=True)
 class MniTemplate:
-    t1: FloatArray
+    """The template's brain mask; its T1 is shipped too but not used (see module docstring)."""
+
     mask: FloatArray  # 0/1
     affine: Affine
 
@@ -112,21 +112,18 @@ class BrainMask:
 
 @lru_cache(maxsize=2)
 def load_mni_template(models_dir: Path) -> MniTemplate:
-    """The shipped template T1 and brain mask (read once per process)."""
-    arrays = []
-    affine = np.eye(4)
-    for name in (TEMPLATE_T1_FILE, TEMPLATE_MASK_FILE):
-        path = models_dir / name
-        try:
-            image: Any = nib.load(str(path))
-            arrays.append(np.asarray(image.dataobj, dtype=np.float32))
-            affine = np.asarray(image.affine, dtype=np.float64)
-        except (OSError, ValueError) as exc:
-            raise ConfigurationError(
-                f"cannot read the MNI template {path}: {exc}"
-                " (write it with python -m tumorlens_train.template_export)"
-            ) from exc
-    return MniTemplate(t1=arrays[0], mask=(arrays[1] > 0).astype(np.float32), affine=affine)
+    """The shipped template brain mask (read once per process)."""
+    path = models_dir / TEMPLATE_MASK_FILE
+    try:
+        image: Any = nib.load(str(path))
+        data = np.asarray(image.dataobj, dtype=np.float32)
+        affine = np.asarray(image.affine, dtype=np.float64)
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(
+            f"cannot read the MNI template {path}: {exc}"
+            " (write it with python -m tumorlens_train.template_export)"
+        ) from exc
+    return MniTemplate(mask=(data > 0).astype(np.float32), affine=affine)
 
 
 def _points(mask: BoolArray, affine: Affine) -> npt.NDArray[np.float64]:
