@@ -244,7 +244,7 @@ def test_float_volume_is_scaled_to_12_bits(tmp_path: Path) -> None:
     pixels = np.stack([ds.pixel_array for ds in read_series(study.series[0])], axis=-1)
     assert pixels.min() == 0 and pixels.max() == 4095
     expected = np.rint((volume - volume.min()) / (volume.max() - volume.min()) * 4095)
-    shown = display_order(expected, np.diag([1.0, 1.0, 3.0, 1.0]))[0]  # both in-plane axes flip
+    shown = expected[::-1, ::-1]  # voxel axes towards the right and the front: both flip
     np.testing.assert_array_equal(pixels, shown.transpose(1, 0, 2))
     ds = pydicom.dcmread(study.paths[0])
     assert (ds.BitsStored, ds.HighBit, ds.PixelRepresentation) == (12, 11, 0)
@@ -258,8 +258,30 @@ def test_signed_volume_is_stored_signed(tmp_path: Path) -> None:
     datasets = read_series(study.series[0])
     assert datasets[0].PixelRepresentation == 1
     pixels = np.stack([ds.pixel_array for ds in datasets], axis=-1)
-    shown = display_order(volume, np.diag([-1.0, 1.0, 2.0, 1.0]))[0]
+    shown = volume[:, ::-1]  # axis 0 already runs to the left; axis 1 (to the front) flips
     np.testing.assert_array_equal(pixels, shown.transpose(1, 0, 2))
+
+
+@pytest.mark.parametrize(
+    ("columns", "expected"),
+    [
+        # coronal, voxel axis 0 to the patient's right, axis 1 up: both flip (left, feet)
+        (((1.0, 0.0, 0.0), (0.0, 0.0, 1.0)), ((-1.0, 0.0, 0.0), (0.0, 0.0, -1.0))),
+        # sagittal, axis 0 to the front, axis 1 down: axis 0 flips (back), axis 1 stays
+        (((0.0, 1.0, 0.0), (0.0, 0.0, -1.0)), ((0.0, -1.0, 0.0), (0.0, 0.0, -1.0))),
+    ],
+)
+def test_display_order_of_coronal_and_sagittal_stacks(
+    columns: tuple[tuple[float, ...], tuple[float, ...]],
+    expected: tuple[tuple[float, ...], tuple[float, ...]],
+) -> None:
+    """Rows towards the patient's left or back; columns towards the feet when head-foot."""
+    affine = np.eye(4)
+    affine[:3, 0], affine[:3, 1] = columns  # RAS directions of voxel axes 0 and 1
+    affine[:3, 2] = np.cross(columns[0], columns[1])
+    _, new = display_order(np.zeros((4, 3, 2)), affine)
+    np.testing.assert_allclose(new[:3, 0], expected[0], atol=1e-12)
+    np.testing.assert_allclose(new[:3, 1], expected[1], atol=1e-12)
 
 
 def test_display_order_puts_anterior_at_the_top_and_the_right_on_the_left() -> None:
