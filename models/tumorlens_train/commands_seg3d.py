@@ -1,22 +1,8 @@
 """``tumorlens-train seg3d``: train the 3D tumour model (segmentation + type, one network with two
 heads) on phantoms or BraTS folders, export ONNX + model card.
 
-Reproduce the shipped model (see the card, ``training``, for the exact commands and figures)::
-
-    python -m tumorlens_train.phantoms --n 300 --out out/phantoms/train3d --seed 0 --spacing 2
-    python -m tumorlens_train.phantoms --n 48 --out out/phantoms/heldout3d --seed 100000 --spacing 2
-    # 0.1.0 (grid placed on the head foreground): stage 1 from scratch, GAP type head ...
-    tumorlens-train seg3d --data out/phantoms/train3d --heldout out/phantoms/heldout3d \
-        --out models/tumorlens_zoo --steps 6000 --minutes 62 --bf16 --workers 2 --type-head-width 0
-    # ... then stage 2 (type head on the frozen encoder), export + held-out evaluation:
-    tumorlens-train seg3d --data out/phantoms/train3d --heldout out/phantoms/heldout3d \
-        --out models/tumorlens_zoo --type-head-only --type-head-width 32
-    # 0.2.0 (grid in MNI space from the runtime brain extraction, skull-stripped input),
-    # warm-started from 0.1.0 with registration-error augmentation:
-    tumorlens-train seg3d --placement mni --data out/phantoms/train3d \
-        --work-dir out/train/seg3d_mni --warm-start models/checkpoints/tumour3d.pt \
-        --p-affine 0.7 --minutes 65 --steps 3000 --lr 1e-3 --bf16 --workers 2 \
-        --type-head-width 0 --version 0.2.0 --out models/tumorlens_zoo
+The commands that made the shipped model are in README.md ("Models") and, with every manual
+step, in the model card's ``training.command``; one recipe, kept there.
 """
 
 from __future__ import annotations
