@@ -227,6 +227,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigurationError("tls_cert and tls_key go together")
     if settings.segmentation_type not in ("BINARY", "LABELMAP"):
         raise ConfigurationError("segmentation_type must be BINARY or LABELMAP")
+    if settings.delivery_attempts < 1:
+        raise ConfigurationError("delivery_attempts must be >= 1")
     if settings.min_lesion_ml < 0:
         raise ConfigurationError("min_lesion_ml must be >= 0")
     if settings.max_pdu_size and not 4096 <= settings.max_pdu_size <= 16 * 1024 * 1024:

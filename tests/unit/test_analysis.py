@@ -161,3 +161,8 @@ def test_a_sequence_subset_the_card_does_not_validate_is_noted() -> None:
     assert note is not None
     assert "ran on t2," in note and "validated: flair+t1+t1ce+t2; flair+t1ce" in note
     assert models({}).subset_note(("t2",)) is None  # a card that lists none: nothing to say
+
+
+def test_delivery_attempts_must_be_positive() -> None:
+    with pytest.raises(ConfigurationError, match="delivery_attempts"):
+        load_settings(environ={"TUMORLENS_DELIVERY_ATTEMPTS": "0"})

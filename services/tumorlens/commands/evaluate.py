@@ -23,6 +23,20 @@ DEFAULT_SLICE_MODEL = "slice_type_2d"
 DEFAULT_VOLUME_MODEL = "tumour3d"
 
 
+def _sequence_list(text: str) -> list[str]:
+    """``t1ce,flair`` -> names, refusing a typo (it would silently feed zeros for all)."""
+    from tumorlens.inference.preprocess3d import SEQUENCES
+
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [n for n in names if n not in SEQUENCES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown sequence(s) {', '.join(unknown) or '(none)'};"
+            f" use some of {', '.join(SEQUENCES)}"
+        )
+    return names
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("evaluate", help="measure a model on labelled data")
     kinds = parser.add_subparsers(dest="kind", required=True)
@@ -99,6 +113,7 @@ def _register_volumes(kinds: Any) -> None:
     p.add_argument("--plots", type=Path, metavar="DIR", help="write overlay, confusion, ROC PNGs")
     p.add_argument(
         "--sequences",
+        type=_sequence_list,
         help="comma-separated subset of t1,t1ce,t2,flair to feed (others zero); default all",
     )
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N cases")
@@ -111,7 +126,7 @@ def _run_volumes(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     threads = args.threads if args.threads is not None else settings.inference_threads
-    sequences = [s.strip() for s in args.sequences.split(",")] if args.sequences else None
+    sequences = args.sequences or None
     report, preds = volumes.evaluate_volumes(
         args.dir,
         args.model,

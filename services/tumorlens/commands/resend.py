@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         batch,
         destinations,
         settings.ae_title,
-        RetryPolicy(attempts=max(1, args.attempts or settings.delivery_attempts)),
+        RetryPolicy(attempts=max(1, args.attempts or settings.delivery_attempts)),  # --attempts 0
     )
     for destination, count in report.sent.items():
         print(f"{destination}: {count} object(s) sent, {len(batch.objects)} in the outbox")

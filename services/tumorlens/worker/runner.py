@@ -54,7 +54,7 @@ class WorkerContext:
 
     @property
     def delivery_policy(self) -> RetryPolicy:
-        return self.retry_policy or RetryPolicy(attempts=max(1, self.settings.delivery_attempts))
+        return self.retry_policy or RetryPolicy(attempts=self.settings.delivery_attempts)
 
 
 def worker_identity() -> str:
