@@ -46,6 +46,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from tumorlens.errors import VolumeError
+from tumorlens.pipeline.registration import resample
 
 FloatArray = NDArray[np.float32]
 Affine = NDArray[np.float64]
@@ -239,20 +240,10 @@ def resample_to(
     target_shape: Sequence[int],
     order: int = 1,
 ) -> FloatArray:
-    """Resample ``volume`` onto a target voxel grid by physical coordinates (0 outside)."""
-    mapping = np.linalg.inv(source_affine) @ target_affine  # target voxel -> source voxel
-    out = ndimage.affine_transform(
-        np.asarray(volume, dtype=np.float32),
-        mapping[:3, :3],
-        offset=mapping[:3, 3],
-        output_shape=tuple(int(s) for s in target_shape),
-        order=order,
-        mode="constant",
-        cval=0.0,
-        prefilter=False,
-    )
-    result: FloatArray = out.astype(np.float32, copy=False)
-    return result
+    """Resample ``volume`` onto a target voxel grid by physical coordinates (0 outside): the
+    pipeline's :func:`~tumorlens.pipeline.registration.resample`, one resampler for both."""
+    shape = tuple(int(n) for n in target_shape)
+    return resample(volume, source_affine, target_affine, shape, order=order)
 
 
 def normalise(
