@@ -7,6 +7,7 @@ import json
 import logging
 import platform
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -107,22 +108,41 @@ def export_onnx(model: SliceNet, path: Path, size: int, opset: int = OPSET) -> N
     )
 
 
+def compare_with_torch(
+    model: torch.nn.Module,
+    path: Path,
+    inputs: NDArray[np.float32],
+    input_name: str,
+    output_names: Sequence[str],
+    *,
+    threads: int = 2,
+) -> tuple[dict[str, float], list[NDArray[Any]]]:
+    """Max absolute difference per output between ORT (CPU) and PyTorch eager on ``inputs``,
+    and the ORT outputs (for further checks). Shared by the 2D and 3D exports."""
+    session = create_session(path, threads=threads, prefer_gpu=False)
+    ort_out = [np.asarray(a) for a in session.run(list(output_names), {input_name: inputs})]
+    with torch.no_grad():
+        torch_out = [t.numpy() for t in model.eval()(torch.from_numpy(inputs))]
+    diffs = {
+        name: float(np.abs(a - b).max())
+        for name, a, b in zip(output_names, ort_out, torch_out, strict=True)
+    }
+    return diffs, ort_out
+
+
+def check_tolerance(diffs: dict[str, float]) -> dict[str, float]:
+    if max(diffs.values()) > TOLERANCE:
+        raise RuntimeError(f"ONNX Runtime differs from PyTorch by {diffs} (> {TOLERANCE})")
+    return diffs
+
+
 def verify_onnx(
     model: SliceNet, path: Path, inputs: NDArray[np.float32], threads: int = 2
 ) -> dict[str, float]:
     """Max absolute difference per output between ORT (CPU) and PyTorch; raises above
     :data:`TOLERANCE`."""
-    session = create_session(path, threads=threads, prefer_gpu=False)
-    ort_out = session.run(list(OUTPUT_NAMES), {INPUT_NAME: inputs})
-    with torch.no_grad():
-        torch_out = [t.numpy() for t in model.eval()(torch.from_numpy(inputs))]
-    diffs = {
-        name: float(np.abs(np.asarray(a) - b).max())
-        for name, a, b in zip(OUTPUT_NAMES, ort_out, torch_out, strict=True)
-    }
-    if max(diffs.values()) > TOLERANCE:
-        raise RuntimeError(f"ONNX Runtime differs from PyTorch by {diffs} (> {TOLERANCE})")
-    return diffs
+    diffs, _ = compare_with_torch(model, path, inputs, INPUT_NAME, OUTPUT_NAMES, threads=threads)
+    return check_tolerance(diffs)
 
 
 def verify_cam(model: SliceNet, path: Path, inputs: NDArray[np.float32]) -> float:

@@ -18,8 +18,14 @@ from numpy.typing import NDArray
 
 from tumorlens.inference.card import sha256_file
 from tumorlens.inference.preprocess3d import SEQUENCES, GridSpec
-from tumorlens.inference.session import create_session
-from tumorlens_train.export import MAX_BYTES, OPSET, TOLERANCE, export_module
+from tumorlens_train.export import (
+    MAX_BYTES,
+    OPSET,
+    TOLERANCE,
+    check_tolerance,
+    compare_with_torch,
+    export_module,
+)
 from tumorlens_train.nets3d import SEG_CLASSES, TYPE_CLASSES, TumourNet3d, count_parameters
 from tumorlens_train.nets3d import load_checkpoint as load_net
 
@@ -124,22 +130,15 @@ def verify_onnx(
 ) -> dict[str, float]:
     """Max |ORT - torch| per output (fp32, CPU); raises above the export tolerance. Also checks
     the CAM recipe: mean(sum_c W F) + b == type_logits."""
-    session = create_session(path, threads=threads, prefer_gpu=False)
-    ort_out = session.run(list(OUTPUT_NAMES), {INPUT_NAME: inputs})
-    with torch.no_grad():
-        torch_out = [t.numpy() for t in model.eval()(torch.from_numpy(inputs))]
-    diffs = {
-        name: float(np.abs(np.asarray(a) - b).max())
-        for name, a, b in zip(OUTPUT_NAMES, ort_out, torch_out, strict=True)
-    }
+    diffs, ort_out = compare_with_torch(
+        model, path, inputs, INPUT_NAME, OUTPUT_NAMES, threads=threads
+    )
     weights = model.type_head.weight.detach().numpy()
     bias = model.type_head.bias.detach().numpy()
     feats = np.asarray(ort_out[2])
     rebuilt = np.einsum("ncxyz,kc->nkxyz", feats, weights).mean(axis=(2, 3, 4)) + bias
-    diffs["cam_rebuilt_type_logits"] = float(np.abs(rebuilt - np.asarray(ort_out[1])).max())
-    if max(diffs.values()) > TOLERANCE:
-        raise RuntimeError(f"ONNX Runtime differs from PyTorch by {diffs} (> {TOLERANCE})")
-    return diffs
+    diffs["cam_rebuilt_type_logits"] = float(np.abs(rebuilt - ort_out[1]).max())
+    return check_tolerance(diffs)
 
 
 def build_card(
