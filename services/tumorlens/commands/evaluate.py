@@ -44,6 +44,20 @@ def register(subparsers: Any) -> None:
     _register_volumes(kinds)
 
 
+def _add_common(p: argparse.ArgumentParser, dir_help: str, model: str, plots: str) -> None:
+    """DIR, --model, --json, --plots and --threads, as both kinds take them."""
+    p.add_argument("dir", type=Path, metavar="DIR", help=dir_help)
+    p.add_argument(
+        "--model",
+        default=model,
+        help="model name in the models directory, or path to its .json card or .onnx file "
+        f"(default {model})",
+    )
+    p.add_argument("--json", type=Path, metavar="FILE", help="write the metrics as JSON")
+    p.add_argument("--plots", type=Path, metavar="DIR", help=f"write {plots} PNGs")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: settings)")
+
+
 def _register_slices(kinds: Any) -> None:
     p = kinds.add_parser(
         "slices",
@@ -51,18 +65,9 @@ def _register_slices(kinds: Any) -> None:
         description="Evaluate the 2D classifier on a folder of class folders "
         "(glioma, meningioma, notumor, pituitary).",
     )
-    p.add_argument("dir", type=Path, metavar="DIR", help="folder holding one folder per class")
-    p.add_argument(
-        "--model",
-        default=DEFAULT_SLICE_MODEL,
-        help="model name in the models directory, or path to its .json card or .onnx file "
-        f"(default {DEFAULT_SLICE_MODEL})",
-    )
-    p.add_argument("--json", type=Path, metavar="FILE", help="write the metrics as JSON")
-    p.add_argument("--plots", type=Path, metavar="DIR", help="write confusion and ROC PNGs")
+    _add_common(p, "folder holding one folder per class", DEFAULT_SLICE_MODEL, "confusion, ROC")
     p.add_argument("--split-file", type=Path, metavar="F", help="evaluate only the files it lists")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: settings)")
     p.set_defaults(func=_run_slices)
 
 
@@ -102,22 +107,15 @@ def _register_volumes(kinds: Any) -> None:
         "HGG/LGG folders, 2021, 2023): Dice and HD95 for WT/TC/ET, grade AUC/accuracy, type "
         "accuracy. Unreadable or inconsistent cases are skipped and counted.",
     )
-    p.add_argument("dir", type=Path, metavar="DIR", help="folder holding the case folders")
-    p.add_argument(
-        "--model",
-        default=DEFAULT_VOLUME_MODEL,
-        help="model name in the models directory, or path to its .json card or .onnx file "
-        f"(default {DEFAULT_VOLUME_MODEL})",
+    _add_common(
+        p, "folder holding the case folders", DEFAULT_VOLUME_MODEL, "overlay, confusion, ROC"
     )
-    p.add_argument("--json", type=Path, metavar="FILE", help="write the metrics as JSON")
-    p.add_argument("--plots", type=Path, metavar="DIR", help="write overlay, confusion, ROC PNGs")
     p.add_argument(
         "--sequences",
         type=_sequence_list,
         help="comma-separated subset of t1,t1ce,t2,flair to feed (others zero); default all",
     )
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N cases")
-    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: settings)")
     p.set_defaults(func=_run_volumes)
 
 
