@@ -166,3 +166,38 @@ def test_phantom_brain_mask_matches_its_truth() -> None:
     )
     brain = extract_brain(study, MODELS)
     assert _dice(brain.mask > 0, truth) >= 0.85, (brain.method, brain.warnings)
+
+
+def test_brain_mask_holds_a_pituitary_macroadenoma() -> None:
+    # The template's brain mask stops above the sella; the mask must still hold a sellar
+    # tumour, or preprocessing strips it away before the 3D model and the findings drop it.
+    generate = pytest.importorskip("tumorlens_train.phantoms.generate")
+    pytest.importorskip("nilearn")
+    from tumorlens.pipeline.brain_mask import load_mni_template
+    from tumorlens.pipeline.registration import resample
+
+    config = generate.PhantomConfig(spacing=2.0, full_head=True, thick_slice_prob=0.0)
+    phantom = next(
+        p
+        for seed in range(40)
+        if (p := generate.generate_case(seed, "pituitary", config)).seg.sum() * 8 / 1000 > 4.0
+    )
+    grid = np.diag([1.0, 1.0, 3.0, 1.0])
+    grid[:3, 3] = [-100.0, -125.0, -75.0]
+    shape = (200, 230, 60)
+    t1 = resample(phantom.images["t1"], phantom.affine, grid, shape)
+    tumour = resample((phantom.seg > 0).astype(np.float32), phantom.affine, grid, shape) >= 0.5
+    study = AlignedStudy(
+        "t1", grid, shape, {"t1": AlignedSequence("t1", t1, np.eye(4), "reference")}
+    )
+    brain = extract_brain(study, MODELS)
+    assert brain.method == "template registration", brain.warnings
+    inside = float((tumour & (brain.mask > 0)).sum()) / float(tumour.sum())
+    assert inside >= 0.95, inside
+    # Without the sellar region most of it would be outside.
+    template = load_mni_template(MODELS)
+    sella = resample(
+        template.sellar_region, template.affine, grid, shape, transform=brain.subject_to_mni
+    )
+    without = (brain.mask > 0) & (sella < 0.5)
+    assert float((tumour & without).sum()) / float(tumour.sum()) < 0.8

@@ -22,15 +22,15 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage as ndi
 
+# Sella turcica in MNI 2009a, one place for the phantoms and the runtime's brain mask.
+from tumorlens.pipeline.brain_mask import SELLA_MNI_MM
+
 from .fields import FloatArray
 
 DEFAULT_SPACING_MM = 2.0
 GRID_EXTENT_MM = (192.0, 224.0, 192.0)
 GRID_CENTRE_MM = (0.0, -18.0, 10.0)
 
-#: Sella turcica in MNI 2009a: below the hypothalamus and optic chiasm, in front of the pons,
-#: between the temporal poles. It lies outside the template's brain mask (no tissue there).
-SELLA_MNI_MM = (0.0, 2.0, -30.0)
 
 _TEMPLATE_FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",

@@ -14,7 +14,10 @@ dominate any intensity cost and pull the brain onto the scalp), so the fit is by
    (7 DOF; through-plane 5 mm data and the provisional mask's leaks into the face do not
    support per-axis scales or shears), by correlation ratio over the template's brain and a
    12 mm ring, counting only the vault (MNI z > -20 mm) where step 1 is reliable;
-3. the template mask, dilated by 2 mm, warped onto the study grid.
+3. the template mask, dilated by 2 mm, warped onto the study grid, joined by the pituitary
+   fossa (a ball around the sella turcica in MNI space): the template's brain mask stops at
+   the diaphragma sellae, and a pituitary adenoma outside the mask would be cut away with the
+   skull before the 3D model sees it, and then dropped by the findings as extracranial.
 
 A mask whose volume is implausible (outside 900-2100 mL), that is not centred in the head, or
 that disagrees with the provisional mask is replaced by the provisional mask, with a warning.
@@ -75,14 +78,31 @@ _RING_VOXELS: Final = 3  # of 4 mm: the surroundings sampled with the template b
 _CORE_DEPTH_MM: Final = 16.0  # deeper than scalp and skull
 _REGROW_MM: Final = 4.0
 _TISSUE_FRACTION: Final = 0.55  # of the modal head intensity: below is bone, air or CSF
+#: Sella turcica in MNI 2009a: below the hypothalamus and optic chiasm, in front of the pons,
+#: between the temporal poles; outside the template's brain mask (the phantoms use it too).
+SELLA_MNI_MM: Final = (0.0, 2.0, -30.0)
+#: Radius (mm) of the pituitary fossa region added to the mask: the fossa (~12 x 10 x 8 mm)
+#: and a macroadenoma of up to ~3 cm growing out of it.
+SELLAR_REGION_MM: Final = 16.0
 
 
 @dataclass(frozen=True)
 class MniTemplate:
-    """The template's brain mask; its T1 is shipped too but not used (see module docstring)."""
+    """The template's brain mask and the sellar region, on one grid; the template T1 is
+    shipped too but not used (see module docstring)."""
 
     mask: FloatArray  # 0/1
     affine: Affine
+    sellar_region: FloatArray  # 0/1: ball of SELLAR_REGION_MM around SELLA_MNI_MM
+
+
+def sellar_region(shape: tuple[int, ...], affine: Affine) -> FloatArray:
+    """0/1 ball of :data:`SELLAR_REGION_MM` around :data:`SELLA_MNI_MM` on an MNI grid."""
+    grid = np.indices(shape, dtype=np.float64).reshape(3, -1)
+    world = affine[:3, :3] @ grid + affine[:3, 3:4]
+    inside = ((world - np.reshape(SELLA_MNI_MM, (3, 1))) ** 2).sum(axis=0) <= SELLAR_REGION_MM**2
+    region: FloatArray = inside.reshape(shape).astype(np.float32)
+    return region
 
 
 @dataclass(frozen=True)
@@ -123,7 +143,11 @@ def load_mni_template(models_dir: Path) -> MniTemplate:
             f"cannot read the MNI template {path}: {exc}"
             " (write it with python -m tumorlens_train.template_export)"
         ) from exc
-    return MniTemplate(mask=(data > 0).astype(np.float32), affine=affine)
+    return MniTemplate(
+        mask=(data > 0).astype(np.float32),
+        affine=affine,
+        sellar_region=sellar_region(data.shape, affine),
+    )
 
 
 def _points(mask: BoolArray, affine: Affine) -> npt.NDArray[np.float64]:
@@ -285,6 +309,10 @@ def extract_brain(study: AlignedStudy, models_dir: Path) -> BrainMask:
         )
         mask, method, mni_to_subject = provisional, "intensity heuristic", initial
         subject_to_mni = np.asarray(np.linalg.inv(initial), dtype=np.float64)
+    sella = resample(
+        template.sellar_region, template.affine, study.affine, study.shape, transform=subject_to_mni
+    )
+    mask = mask | (sella >= 0.5)
     volume = float(mask.sum()) * voxel_volume_ml(study.affine)
     LOG.info("brain mask by %s on %s: %.0f mL, Dice %.2f", method, name, volume, agreement)
     return BrainMask(
