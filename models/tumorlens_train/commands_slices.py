@@ -58,6 +58,13 @@ def register(subparsers: Any) -> None:
         "--init-from", type=Path, help="start from this checkpoint's weights (fine-tuning)"
     )
     p.add_argument(
+        "--checkpoint",
+        choices=train_slices.CHECKPOINT_CHOICES,
+        default="best",
+        help="epoch to export: best validation accuracy (the split then chooses and judges, "
+        "optimistic) or the final epoch of the fixed schedule (the split only measures)",
+    )
+    p.add_argument(
         "--export-only", action="store_true", help="skip training; export WORK_DIR/best.pt"
     )
     p.add_argument("--limit-per-class", type=int, default=0, help=argparse.SUPPRESS)
@@ -92,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
             resume=args.resume,
             limit_per_class=args.limit_per_class,
             init_from=args.init_from,
+            checkpoint=args.checkpoint,
             net=NetConfig(
                 num_classes=len(slices.CLASSES), widths=widths, blocks=blocks, strides=strides
             ),

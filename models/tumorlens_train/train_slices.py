@@ -1,5 +1,11 @@
 """Training loop for the 2D slice classifier: AdamW + one-cycle LR, optional bf16 autocast,
-best-validation-accuracy checkpointing, resumable from ``last.pt``."""
+resumable from ``last.pt``.
+
+Which epoch is exported (``best.pt``) is ``TrainConfig.checkpoint``: ``"best"`` keeps the epoch
+with the best validation accuracy, which makes the validation figures optimistic (the split
+both chooses and judges); ``"last"`` keeps the final epoch of the fixed schedule, so the
+validation split only measures.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +26,9 @@ from tumorlens_train import slices
 from tumorlens_train.nets2d import NetConfig, SliceNet, count_parameters
 
 log = logging.getLogger(__name__)
+
+#: Which epoch ``best.pt`` holds (see the module docstring).
+CHECKPOINT_CHOICES: tuple[str, ...] = ("best", "last")
 
 
 @dataclass
@@ -42,6 +51,7 @@ class TrainConfig:
     resume: bool = False
     limit_per_class: int = 0  # >0: use only this many images per class (smoke tests)
     init_from: Path | None = None  # start from these weights (fine-tuning), fresh optimiser
+    checkpoint: str = "best"  # "best": best validation epoch; "last": final epoch
     net: NetConfig = field(default_factory=NetConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -107,6 +117,8 @@ def predict(
 
 
 def train(cfg: TrainConfig) -> TrainResult:
+    if cfg.checkpoint not in CHECKPOINT_CHOICES:
+        raise ValueError(f"checkpoint must be one of {CHECKPOINT_CHOICES}, got {cfg.checkpoint!r}")
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
@@ -198,6 +210,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         improved = acc > best_acc or (acc == best_acc and val_loss < best_loss)
         if improved:
             best_acc, best_loss, best_epoch = acc, val_loss, epoch + 1
+        keep = improved if cfg.checkpoint == "best" else epoch + 1 == cfg.epochs
+        if keep:
             torch.save(
                 {
                     "config": cfg.net.to_dict(),
@@ -205,6 +219,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                     "epoch": epoch + 1,
                     "val_accuracy": acc,
                     "val_recall": recall,
+                    "selection": cfg.checkpoint,
                     "size": cfg.size,
                     "classes": list(slices.CLASSES),
                     "train_config": cfg.to_dict(),
@@ -228,4 +243,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             f"val_acc {acc:.4f}  glioma_recall {recall['glioma']:.4f}  "
             f"{row['seconds']:.0f}s{'  *' if improved else ''}"
         )
+    if cfg.checkpoint == "last":
+        last = history[-1]
+        return TrainResult(best_path, int(last["epoch"]), float(last["val_accuracy"]), history)
     return TrainResult(best_path, best_epoch, best_acc, history)

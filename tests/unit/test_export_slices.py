@@ -140,3 +140,53 @@ def test_export_checkpoint_writes_card_with_matching_sha(
     assert raw["metrics"]["n_images"] == 4
     assert "research use only" in raw["intended_use"].lower()
     resolve_model("tiny", tmp_path / "zoo")  # sha256 verified
+
+
+@pytest.mark.parametrize("selection", ["last", "best"])
+def test_training_keeps_the_selected_epoch_and_the_card_says_so(
+    selection: str, shared_data: Path, tmp_path: Path
+) -> None:
+    torch = _torch()
+    data = shared_data / DATASET
+    if not data.is_dir():
+        pytest.skip(f"data set not found at {data}")
+    from tumorlens_train import export, train_slices
+    from tumorlens_train.nets2d import NetConfig
+
+    cfg = train_slices.TrainConfig(
+        data_dir=data,
+        work_dir=tmp_path / "work",
+        split_file=tmp_path / "split.json",
+        size=32,
+        epochs=3,
+        batch_size=8,
+        threads=1,
+        val_fraction=0.3,
+        limit_per_class=6,
+        checkpoint=selection,
+        net=NetConfig(stem_width=8, widths=(8, 16), blocks=(1, 1), strides=(2, 1), dropout=0.0),
+    )
+    result = train_slices.train(cfg)
+    kept = torch.load(result.best_checkpoint, map_location="cpu", weights_only=False)
+    history = result.history
+    if selection == "last":
+        assert kept["epoch"] == 3
+    else:
+        best = max(history, key=lambda h: (h["val_accuracy"], -h["val_loss"]))
+        assert kept["epoch"] == best["epoch"]
+    assert kept["val_accuracy"] == history[kept["epoch"] - 1]["val_accuracy"]
+    stages = export.training_stages(result.best_checkpoint, kept)
+    assert stages[-1]["checkpoint_selection"] == selection
+    caveat = export.selection_caveat(stages)
+    assert ("No checkpoint was chosen" in caveat) == (selection == "last")
+
+
+def test_training_refuses_an_unknown_selection(tmp_path: Path) -> None:
+    _torch()
+    from tumorlens_train import train_slices
+
+    cfg = train_slices.TrainConfig(
+        data_dir=tmp_path, work_dir=tmp_path, split_file=tmp_path / "s.json", checkpoint="mean"
+    )
+    with pytest.raises(ValueError, match="checkpoint must be one of"):
+        train_slices.train(cfg)
