@@ -34,6 +34,14 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--val-count", type=int, default=16, help="last N cases held for validation")
     p.add_argument("--heldout", type=Path, help="held-out test folder, evaluated into the card")
+    p.add_argument(
+        "--heldout-subset",
+        action="append",
+        default=[],
+        metavar="SEQ,SEQ",
+        help="also evaluate the held-out folder on this sequence subset (e.g. t1ce,flair) and "
+        "list it as validated in the card; repeatable",
+    )
     p.add_argument("--out", type=Path, default=Path("models/tumorlens_zoo"))
     p.add_argument("--work-dir", type=Path, default=Path("out/train/seg3d"))
     p.add_argument("--name", default=MODEL_NAME)
@@ -158,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
         name=args.name,
         version=args.version,
         heldout=args.heldout,
+        heldout_subsets=[tuple(v.split(",")) for v in args.heldout_subset],
         threads=args.threads,
     )
     log.info("wrote %s", card)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -315,10 +316,15 @@ def export_checkpoint(
     name: str,
     version: str,
     heldout: Path | None = None,
+    heldout_subsets: Sequence[Sequence[str]] = (),
     threads: int = 2,
     verify_real: NDArray[np.float32] | None = None,
 ) -> Path:
-    """``best.pt`` -> ``<out>/<name>.onnx`` + ``<out>/<name>.json``; returns the card path."""
+    """``best.pt`` -> ``<out>/<name>.onnx`` + ``<out>/<name>.json``; returns the card path.
+
+    With ``heldout`` the card gets held-out metrics on all four sequences and on each of
+    ``heldout_subsets``, and lists exactly those subsets as ``validated_subsets`` (which the
+    worker reads: a study analysed on another subset gets a note)."""
     model, ckpt = load_net(str(checkpoint))
     grid = GridSpec.from_dict(ckpt.get("train", {}).get("grid", GridSpec().to_dict()))
     onnx_path = out_dir / f"{name}.onnx"
@@ -346,11 +352,29 @@ def export_checkpoint(
     if heldout is not None and heldout.is_dir():
         from tumorlens.evaluation.volumes import evaluate_volumes
 
-        report, _ = evaluate_volumes(heldout, card_path, out_dir, threads=threads)
-        metrics = report.to_dict()
-        metrics.pop("cases", None)
-        metrics["dataset"] = str(heldout)
-        metrics["runtime"] = f"onnxruntime {ort.__version__} CPU, {threads} threads, batch 1"
-        card["metrics"] = {"held_out_phantoms_all_sequences": metrics}
+        card["metrics"] = {}
+        validated: list[list[str]] = []
+        for subset in (tuple(SEQUENCES), *(tuple(sub) for sub in heldout_subsets)):
+            unknown = set(subset) - set(SEQUENCES)
+            if unknown:
+                raise ValueError(f"unknown sequences {sorted(unknown)}; expected {SEQUENCES}")
+            report, _ = evaluate_volumes(
+                heldout, card_path, out_dir, threads=threads, sequences=subset
+            )
+            metrics = report.to_dict()
+            metrics.pop("cases", None)
+            metrics["dataset"] = str(heldout)
+            metrics["sequences"] = list(subset)
+            metrics["runtime"] = f"onnxruntime {ort.__version__} CPU, {threads} threads, batch 1"
+            key = "all_sequences" if len(subset) == len(SEQUENCES) else "_".join(subset) + "_only"
+            card["metrics"][f"held_out_phantoms_{key}"] = metrics
+            validated.append(list(subset))
+        spec = card["inputs"][0]
+        spec["validated_subsets"] = validated
+        spec["supported_sequence_subsets"]["measured"] = (
+            "; ".join("+".join(sub) for sub in validated)
+            + " (held-out metrics); listed in validated_subsets, which the worker reads: "
+            "other subsets run with a note in the report"
+        )
         card_path.write_text(json.dumps(card, indent=1) + "\n")
     return card_path

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +160,44 @@ def test_mni_grid_phantom_export_card(tmp_path: Path) -> None:
     assert "MNI" in card["inputs"][0]["preprocessing"]["placement"]
     _, loaded = load_volume_card(card_path, tmp_path)
     assert loaded.grid == MNI_GRID
+    # Held-out metrics on all four sequences and on a subset; exactly those are validated.
+    from tumorlens_train.phantoms import PhantomConfig, generate_case, write_case, write_index
+
+    heldout = tmp_path / "heldout"
+    config = PhantomConfig(spacing=4.0, thick_slice_prob=0.0)
+    write_index(heldout, [write_case(generate_case(5, "hgg", config), heldout, "case_0")])
+    template = "mni_icbm152_2009a_brainmask_2mm.nii.gz"
+    shutil.copy(
+        Path(__file__).resolve().parents[2] / "models/tumorlens_zoo" / template, tmp_path / "zoo"
+    )
+    card_path = export3d.export_checkpoint(
+        checkpoint=cfg.work_dir / "best.pt",
+        out_dir=tmp_path / "zoo",
+        name="tiny3d_mni",
+        version="0.0.1",
+        heldout=heldout,
+        heldout_subsets=[("t1ce", "flair")],
+        threads=1,
+    )
+    card = json.loads(card_path.read_text())
+    assert card["inputs"][0]["validated_subsets"] == [
+        ["t1", "t1ce", "t2", "flair"],
+        ["t1ce", "flair"],
+    ]
+    metrics = card["metrics"]
+    assert set(metrics) == {"held_out_phantoms_all_sequences", "held_out_phantoms_t1ce_flair_only"}
+    assert metrics["held_out_phantoms_t1ce_flair_only"]["sequences"] == ["t1ce", "flair"]
+    assert all(m["n_cases"] == 1 for m in metrics.values())
+    with pytest.raises(ValueError, match="unknown sequences"):
+        export3d.export_checkpoint(
+            checkpoint=cfg.work_dir / "best.pt",
+            out_dir=tmp_path / "zoo",
+            name="tiny3d_mni",
+            version="0.0.1",
+            heldout=heldout,
+            heldout_subsets=[("t1c", "flair")],
+            threads=1,
+        )
 
 
 def test_registration_error_augmentation_keeps_labels_aligned() -> None:
