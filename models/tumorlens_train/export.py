@@ -187,6 +187,11 @@ def _stage(checkpoint: dict[str, Any], work_dir: Path) -> dict[str, Any]:
         f"{cfg.get('label_smoothing')}",
         "bf16_autocast": cfg.get("bf16"),
         "seconds": round(sum(float(h.get("seconds", 0.0)) for h in history), 1),
+        # how much the validation figures move from epoch to epoch (selection's headroom)
+        "val_accuracy_by_epoch": [round(float(h["val_accuracy"]), 4) for h in history],
+        "val_glioma_recall_by_epoch": [
+            round(float(h["val_recall"]["glioma"]), 4) for h in history if "val_recall" in h
+        ],
     }
 
 
