@@ -266,6 +266,18 @@ def summarise(results: Sequence[CaseResult], type_labels: Sequence[str]) -> dict
         )
         tumour = [r for r in results if r.tumour_type not in (None, "healthy")]
         summary[f"dice_{region}_tumour_cases"] = _mean([r.dice[region] for r in tumour])
+    # Per tumour type: where the model fails (e.g. false positives on healthy brains).
+    types = sorted({str(r.tumour_type) for r in results if r.tumour_type is not None})
+    summary["dice_by_type"] = {
+        t: {
+            "n": sum(1 for r in results if r.tumour_type == t),
+            **{
+                region: _mean([r.dice[region] for r in results if r.tumour_type == t])
+                for region in REGIONS
+            },
+        }
+        for t in types
+    }
     graded = [r for r in results if r.grade in ("HGG", "LGG")]
     if graded:
         is_hgg = np.array([r.grade == "HGG" for r in graded])
@@ -389,6 +401,9 @@ def format_volume_table(report: VolumeReport) -> str:
         "(Dice tumour: cases whose type is not 'healthy'; HD95 n/a: region empty in "
         "exactly one of truth and prediction)"
     )
+    for ttype, row in s.get("dice_by_type", {}).items():
+        dices = " / ".join(f"{row[r]:.3f}" for r in REGIONS)
+        lines.append(f"  {ttype} (n={row['n']}): Dice {'/'.join(REGIONS)} {dices}")
     if "grade_auc" in s:
         lines.append(
             f"grade (HGG vs LGG, n={s['grade_n']}): AUC {s['grade_auc']:.3f}, "
