@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         )
         result = train_volumes.train(cfg, train_cases, val_cases)
         log.info("training done: %s", result)
-    typed = [c for c in train_cases if c.type_index != train_volumes.UNKNOWN]
+    typed = [] if args.export_only else [c for c in train_cases if c.type_index != volumes.UNKNOWN]
     if not args.export_only and args.type_head_width and not typed:
         # BraTS 2021/2023 cases carry no tumour type: nothing to train a type head on.
         log.warning("no training case has a known tumour type: type head stage skipped")

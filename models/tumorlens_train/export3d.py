@@ -300,7 +300,8 @@ def build_card(
                 "Grid placed in MNI space by the runtime brain extraction (7-DOF fit of the "
                 "template brain mask); a failed or rejected fit (heuristic fallback: scale "
                 "only, no rotation) misplaces the grid and the mask; tumour outside the "
-                "dilated brain mask (e.g. extra-axial, skull base) is invisible to the model."
+                "dilated brain mask (extra-axial beyond the dura, skull base; the mask does "
+                "include the pituitary fossa) is invisible to the model."
                 if mni
                 else "Grid placement from the head foreground only, no registration; tilted "
                 "or partially covered heads are placed approximately."

@@ -99,6 +99,28 @@ def test_train_export_matches_torch(tmp_path: Path, tiny_cases: list[volumes.Pre
     assert loaded.grid == GRID
     assert loaded.type_labels[1:3] == ("hgg", "lgg")
     assert "research use only" in card["intended_use"].lower()
+    # The command's --export-only path re-exports the stage-2 checkpoint without training.
+    from tumorlens_train.cli import main as train_main
+
+    rc = train_main(
+        [
+            "seg3d",
+            "--export-only",
+            "--data",
+            str(tmp_path),
+            "--work-dir",
+            str(cfg.work_dir),
+            "--out",
+            str(tmp_path / "zoo2"),
+            "--name",
+            "tiny3d",
+            "--threads",
+            "1",
+        ]
+    )
+    assert rc == 0
+    again = json.loads((tmp_path / "zoo2" / "tiny3d.json").read_text())
+    assert again["architecture"]["type_head_width"] == 4
 
 
 MNI_GRID = GridSpec(spacing=8.0, shape=(24, 32, 24), placement="mni")
