@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.helpers.dicom_peers import run_storescp  # noqa: E402
+from tests.helpers.dicom_peers import STORESCU, run_storescp  # noqa: E402
 from tests.helpers.service import ServeProcess  # noqa: E402
 from tests.helpers.volumes import synthetic_head  # noqa: E402
 from tumorlens.dicomio.make_study import make_study  # noqa: E402
@@ -44,7 +44,7 @@ def build_study(work: Path) -> Path:
 def push(port: int, called: str, folder: Path) -> float:
     started = time.perf_counter()
     result = subprocess.run(
-        ["storescu", "-aet", "BENCH", "-aec", called, "+sd", "+r", "127.0.0.1", str(port),
+        [str(STORESCU), "-aet", "BENCH", "-aec", called, "+sd", "+r", "127.0.0.1", str(port),
          str(folder)],
         env=ENV, check=False, capture_output=True, text=True,
     )  # fmt: skip

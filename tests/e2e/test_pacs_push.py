@@ -19,6 +19,7 @@ import highdicom as hd
 import pydicom
 import pytest
 
+from tests.helpers.dicom_peers import STORESCU
 from tests.helpers.orthanc import Orthanc, available
 from tests.helpers.pictures import (
     artifacts_dir,
@@ -54,7 +55,7 @@ def tcga_study(tcga_case: Path, tmp_path: Path) -> WrittenStudy:
 
 def storescu(port: int, folder: Path) -> None:
     result = subprocess.run(
-        ["storescu", "-aet", "STORESCU", "-aec", AE_TITLE, "+sd", "+r", "127.0.0.1", str(port),
+        [str(STORESCU), "-aet", "STORESCU", "-aec", AE_TITLE, "+sd", "+r", "127.0.0.1", str(port),
          str(folder)],
         env={**os.environ, "TCP_NODELAY": "1"},
         capture_output=True,

@@ -6,13 +6,28 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-STORESCP = shutil.which("storescp")
+
+def dcmtk(tool: str) -> str | None:
+    """dcmtk's ``tool`` on PATH, skipping this venv's bin: pynetdicom installs console scripts
+    of the same names (storescu, storescp, echoscu, ...) that take other options."""
+    venv_bin = Path(sys.executable).parent.resolve()
+    path = os.pathsep.join(
+        d
+        for d in os.environ.get("PATH", "").split(os.pathsep)
+        if d and Path(d).resolve() != venv_bin
+    )
+    return shutil.which(tool, path=path)
+
+
+STORESCP = dcmtk("storescp")
+STORESCU = dcmtk("storescu")
 
 
 def free_port() -> int:

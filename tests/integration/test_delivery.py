@@ -10,7 +10,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.helpers.dicom_peers import free_port, run_storescp, wait_for_port
+from tests.helpers.dicom_peers import STORESCP, free_port, run_storescp, wait_for_port
 from tests.helpers.synthetic import mr_instance
 from tumorlens.cli import main
 from tumorlens.config import Destination, load_settings
@@ -73,7 +73,7 @@ def test_a_destination_that_comes_back_gets_everything_on_retry(
         if not started:
             started.append(
                 subprocess.Popen(
-                    ["storescp", "-aet", "LATE", "-od", str(out), str(port)],
+                    [str(STORESCP), "-aet", "LATE", "-od", str(out), str(port)],
                     env={**os.environ, "TCP_NODELAY": "1"},
                 )
             )

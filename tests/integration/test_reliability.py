@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.dicom_peers import STORESCU
 from tests.helpers.service import AE_TITLE, ServeProcess, dedup, states
 from tumorlens.dicomio.make_study import WrittenStudy
 from tumorlens.store.states import JobState
@@ -29,7 +30,7 @@ def storescu(
     port: int, folder: Path, calling: str = "STORESCU"
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["storescu", "-aet", calling, "-aec", AE_TITLE, "+sd", "+r", "127.0.0.1", str(port),
+        [str(STORESCU), "-aet", calling, "-aec", AE_TITLE, "+sd", "+r", "127.0.0.1", str(port),
          str(folder)],
         env=STORESCU_ENV,
         check=False,

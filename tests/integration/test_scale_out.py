@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.dicom_peers import StoreSCP, free_port
+from tests.helpers.dicom_peers import STORESCU, StoreSCP, free_port
 from tests.helpers.studies import tcga_study
 from tumorlens.store.embedded_redis import redis_server_binary
 from tumorlens.store.jobs import JobStore
@@ -101,7 +101,7 @@ def test_two_listeners_two_workers_one_redis(
 
         def push(port: int, folder: Path) -> None:
             result = subprocess.run(
-                ["storescu", "-aec", "TUMORLENS", "+sd", "+r", "127.0.0.1", str(port),
+                [str(STORESCU), "-aec", "TUMORLENS", "+sd", "+r", "127.0.0.1", str(port),
                  str(folder)],
                 env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, check=False,
             )  # fmt: skip
