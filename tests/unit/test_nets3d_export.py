@@ -4,6 +4,7 @@ must reproduce PyTorch within the export tolerance, and the card must describe t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -192,16 +193,16 @@ def test_mni_grid_phantom_export_card(tmp_path: Path) -> None:
     shutil.copy(
         Path(__file__).resolve().parents[2] / "models/tumorlens_zoo" / template, tmp_path / "zoo"
     )
-    card_path = export3d.export_checkpoint(
+    export = functools.partial(
+        export3d.export_checkpoint,
         checkpoint=cfg.work_dir / "best.pt",
         out_dir=tmp_path / "zoo",
         name="tiny3d_mni",
         version="0.0.1",
         heldout=heldout,
-        heldout_subsets=[("t1ce", "flair")],
         threads=1,
     )
-    card = json.loads(card_path.read_text())
+    card = json.loads(export(heldout_subsets=[("t1ce", "flair")]).read_text())
     assert card["inputs"][0]["validated_subsets"] == [
         ["t1", "t1ce", "t2", "flair"],
         ["t1ce", "flair"],
@@ -211,15 +212,7 @@ def test_mni_grid_phantom_export_card(tmp_path: Path) -> None:
     assert metrics["held_out_phantoms_t1ce_flair_only"]["sequences"] == ["t1ce", "flair"]
     assert all(m["n_cases"] == 1 for m in metrics.values())
     with pytest.raises(ValueError, match="unknown sequences"):
-        export3d.export_checkpoint(
-            checkpoint=cfg.work_dir / "best.pt",
-            out_dir=tmp_path / "zoo",
-            name="tiny3d_mni",
-            version="0.0.1",
-            heldout=heldout,
-            heldout_subsets=[("t1c", "flair")],
-            threads=1,
-        )
+        export(heldout_subsets=[("t1c", "flair")])
 
 
 def test_registration_error_augmentation_keeps_labels_aligned() -> None:
