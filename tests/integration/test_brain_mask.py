@@ -173,6 +173,7 @@ def test_brain_mask_holds_a_pituitary_macroadenoma() -> None:
     # tumour, or preprocessing strips it away before the 3D model and the findings drop it.
     generate = pytest.importorskip("tumorlens_train.phantoms.generate")
     pytest.importorskip("nilearn")
+    from tumorlens.pipeline import brain_mask as brain_mask_mod
     from tumorlens.pipeline.brain_mask import load_mni_template
     from tumorlens.pipeline.registration import resample
 
@@ -201,3 +202,8 @@ def test_brain_mask_holds_a_pituitary_macroadenoma() -> None:
     )
     without = (brain.mask > 0) & (sella < 0.5)
     assert float((tumour & without).sum()) / float(tumour.sum()) < 0.8
+    # The bounding-box warp the mask uses equals a warp of the whole grid.
+    np.testing.assert_array_equal(
+        brain_mask_mod.sellar_region_on_grid(template, grid, shape, brain.subject_to_mni),
+        sella >= 0.5,
+    )

@@ -130,6 +130,37 @@ class BrainMask:
         return np.asarray(world[:3], dtype=np.float64)
 
 
+def sellar_region_on_grid(
+    template: MniTemplate, affine: Affine, shape: tuple[int, ...], subject_to_mni: Affine
+) -> BoolArray:
+    """The template's sellar region on a study grid. Resampled only inside the region's
+    bounding box: a full-grid warp cost about a second on 240 x 240 x 155 studies."""
+    # 1.5 x the radius: room for the fit's scale (within +-20 %) and the trilinear support.
+    centre, radius = np.asarray(SELLA_MNI_MM), 1.5 * SELLAR_REGION_MM
+    corners = np.array(
+        [[*(centre + radius * np.array([x, y, z])), 1.0] for x in (-1, 1) for y in (-1, 1)
+         for z in (-1, 1)]
+    )  # fmt: skip
+    voxels = (np.linalg.inv(subject_to_mni @ affine) @ corners.T)[:3].T
+    size = np.asarray(shape)
+    lo = np.clip(np.floor(voxels.min(axis=0)).astype(int) - 1, 0, size)
+    hi = np.clip(np.ceil(voxels.max(axis=0)).astype(int) + 2, 0, size)
+    out = np.zeros(shape, dtype=bool)
+    if np.any(hi <= lo):
+        return out
+    box = affine.copy()
+    box[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
+    region = resample(
+        template.sellar_region,
+        template.affine,
+        box,
+        tuple(int(n) for n in hi - lo),
+        transform=subject_to_mni,
+    )
+    out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = region >= 0.5
+    return out
+
+
 @lru_cache(maxsize=2)
 def load_mni_template(models_dir: Path) -> MniTemplate:
     """The shipped template brain mask (read once per process)."""
@@ -309,10 +340,7 @@ def extract_brain(study: AlignedStudy, models_dir: Path) -> BrainMask:
         )
         mask, method, mni_to_subject = provisional, "intensity heuristic", initial
         subject_to_mni = np.asarray(np.linalg.inv(initial), dtype=np.float64)
-    sella = resample(
-        template.sellar_region, template.affine, study.affine, study.shape, transform=subject_to_mni
-    )
-    mask = mask | (sella >= 0.5)
+    mask = mask | sellar_region_on_grid(template, study.affine, study.shape, subject_to_mni)
     volume = float(mask.sum()) * voxel_volume_ml(study.affine)
     LOG.info("brain mask by %s on %s: %.0f mL, Dice %.2f", method, name, volume, agreement)
     return BrainMask(
