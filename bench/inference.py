@@ -32,6 +32,7 @@ from tumorlens.inference.session import create_session
 
 REPO = Path(__file__).resolve().parents[1]
 ZOO = REPO / "models" / "tumorlens_zoo"
+CHECKPOINTS = REPO / "models" / "checkpoints"
 
 
 @dataclass(frozen=True)
@@ -48,17 +49,28 @@ class Target:
 def _slice_type_2d(args: argparse.Namespace) -> Target:
     onnx_path, card = resolve_model("slice_type_2d", ZOO)
     shape = (card.input_channels, card.input_size, card.input_size)
-    # Default: the committed checkpoint the ONNX file was exported from.
-    checkpoint = args.slice_checkpoint or REPO / "models/checkpoints/slice_type_2d.pt"
+    arch = card.raw.get("architecture", {})
+    members = int(arch.get("members", 1)) if "members" in arch else 0
+    # Default: the committed checkpoints the ONNX file was exported from (member 1 is
+    # slice_type_2d.pt, member i > 1 slice_type_2d.member<i>.pt).
+    checkpoints: list[Path] = args.slice_checkpoint or [
+        CHECKPOINTS / ("slice_type_2d.pt" if i == 1 else f"slice_type_2d.member{i}.pt")
+        for i in range(1, max(members, 1) + 1)
+    ]
     try:
-        from tumorlens_train.nets2d import load_checkpoint
+        from tumorlens_train.nets2d import SliceEnsemble, load_checkpoint
     except ModuleNotFoundError as exc:
         return Target(card.name, onnx_path, card.input_name, shape, None, f"no torch ({exc})")
-    if not checkpoint.is_file():
+    missing = [str(path) for path in checkpoints if not path.is_file()]
+    if missing:
         return Target(
-            card.name, onnx_path, card.input_name, shape, None, f"no checkpoint {checkpoint}"
+            card.name, onnx_path, card.input_name, shape, None, f"no checkpoint {missing}"
         )
-    model, _ = load_checkpoint(str(checkpoint))
+    nets = [load_checkpoint(str(path))[0] for path in checkpoints]
+    # The card says whether the ONNX file is an ensemble; eager torch runs the same graph.
+    model = (
+        SliceEnsemble(nets, mirror=bool(arch.get("mirror_views", False))) if members else nets[0]
+    )
     return Target(card.name, onnx_path, card.input_name, shape, model)
 
 
@@ -146,12 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--slice-checkpoint",
         type=Path,
-        help="torch checkpoint of slice_type_2d (default: models/checkpoints/slice_type_2d.pt)",
+        action="append",
+        help="torch checkpoint of slice_type_2d, one per ensemble member, in the card's order "
+        "(default: models/checkpoints/slice_type_2d.pt and slice_type_2d.member<i>.pt)",
     )
     parser.add_argument(
         "--volume-checkpoint",
         type=Path,
-        default=REPO / "models/checkpoints/tumour3d.pt",
+        default=CHECKPOINTS / "tumour3d.pt",
         help="torch checkpoint of tumour3d (written by tumorlens-train seg3d)",
     )
     parser.add_argument("--volume-batch", type=int, default=1, help="batch for 3D models")

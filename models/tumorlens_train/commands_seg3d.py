@@ -74,6 +74,25 @@ def register(subparsers: Any) -> None:
         default=0.0,
         help="probability of the registration-error augmentation (rotation/scale/shift)",
     )
+    p.add_argument(
+        "--batch-dice",
+        action="store_true",
+        help="soft Dice over the whole batch instead of per case (cases without a region "
+        "then stop pulling tumour probabilities down)",
+    )
+    p.add_argument(
+        "--ce-tumour-weight",
+        type=float,
+        default=1.0,
+        help="cross-entropy weight of tumour voxels relative to background voxels",
+    )
+    p.add_argument(
+        "--checkpoint",
+        choices=train_volumes.CHECKPOINT_CHOICES,
+        default="best",
+        help="step kept as WORK_DIR/best.pt: best validation score (the validation cases "
+        "choose) or the final step of the fixed schedule (they only measure)",
+    )
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for training")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=1, help="processes preparing the cache")
@@ -127,6 +146,9 @@ def run(args: argparse.Namespace) -> int:
             minutes=args.minutes,
             batch_size=args.batch_size,
             lr=args.lr,
+            batch_dice=args.batch_dice,
+            ce_tumour_weight=args.ce_tumour_weight,
+            checkpoint=args.checkpoint,
             bf16=args.bf16,
             threads=args.threads,
             seed=args.seed,

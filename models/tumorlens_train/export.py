@@ -24,7 +24,9 @@ from tumorlens.inference.card import sha256_file
 from tumorlens.inference.preprocess import preprocess_file
 from tumorlens.inference.session import create_session
 from tumorlens_train import slices
-from tumorlens_train.nets2d import SliceNet, count_parameters, load_checkpoint
+from tumorlens_train.nets2d import SliceEnsemble, SliceNet, count_parameters, load_checkpoint
+
+SliceModel = SliceNet | SliceEnsemble
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +102,7 @@ def export_module(
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 
-def export_onnx(model: SliceNet, path: Path, size: int, opset: int = OPSET) -> None:
+def export_onnx(model: SliceModel, path: Path, size: int, opset: int = OPSET) -> None:
     """The 2D model: input [N, C, size, size]; outputs logits and CAM feature maps."""
     dummy = torch.zeros(1, model.config.in_channels, size, size)
     export_module(
@@ -137,7 +139,7 @@ def check_tolerance(diffs: dict[str, float]) -> dict[str, float]:
 
 
 def verify_onnx(
-    model: SliceNet, path: Path, inputs: NDArray[np.float32], threads: int = 2
+    model: SliceModel, path: Path, inputs: NDArray[np.float32], threads: int = 2
 ) -> dict[str, float]:
     """Max absolute difference per output between ORT (CPU) and PyTorch; raises above
     :data:`TOLERANCE`."""
@@ -145,12 +147,12 @@ def verify_onnx(
     return check_tolerance(diffs)
 
 
-def verify_cam(model: SliceNet, path: Path, inputs: NDArray[np.float32]) -> float:
+def verify_cam(model: SliceModel, path: Path, inputs: NDArray[np.float32]) -> float:
     """Check the CAM recipe: mean_hw(sum_c W_kc F_c) + b_k must equal the logits."""
     session = create_session(path, threads=2, prefer_gpu=False)
     logits, features = session.run(list(OUTPUT_NAMES), {INPUT_NAME: inputs})
-    weights = model.head.weight.detach().numpy()
-    bias = model.head.bias.detach().numpy()
+    weights = model.head_weight().detach().numpy()
+    bias = model.head_bias().detach().numpy()
     rebuilt = class_activation_maps(np.asarray(features), weights).mean(axis=(2, 3)) + bias
     diff = float(np.abs(rebuilt - logits).max())
     if diff > TOLERANCE:
@@ -211,14 +213,13 @@ def build_card(
     name: str,
     version: str,
     onnx_path: Path,
-    model: SliceNet,
-    checkpoint: dict[str, Any],
+    model: SliceModel,
+    size: int,
     split_file: Path,
-    stages: list[dict[str, Any]],
-    stages_source: str,
+    training: dict[str, Any],
     verification: dict[str, Any],
 ) -> dict[str, Any]:
-    size = int(checkpoint["size"])
+    """``training`` holds ``stages`` and ``checkpoint`` (one net) or ``members`` (ensemble)."""
     split: dict[str, Any] = json.loads(split_file.read_text()) if split_file.exists() else {}
     with torch.no_grad():
         _, feats = model(torch.zeros(1, model.config.in_channels, size, size))
@@ -282,15 +283,18 @@ def build_card(
             ),
             "grid": [fh, fw],
             "stride": size // fh,
-            "weights": model.head.weight.detach().numpy().astype(float).tolist(),
-            "bias": model.head.bias.detach().numpy().astype(float).tolist(),
-            "onnx_initializers": {"weights": "head.weight", "bias": "head.bias"},
+            "weights": model.head_weight().detach().numpy().astype(float).tolist(),
+            "bias": model.head_bias().detach().numpy().astype(float).tolist(),
+            **(
+                {"onnx_initializers": {"weights": "head.weight", "bias": "head.bias"}}
+                if isinstance(model, SliceNet)
+                else {
+                    "views": "features concatenate the views (member x mirror) in that order; "
+                    "weights are each member's head weights divided by the number of views"
+                }
+            ),
         },
-        "architecture": {
-            "name": "SliceNet (residual CNN, GAP + linear head)",
-            "parameters": count_parameters(model),
-            **model.config.to_dict(),
-        },
+        "architecture": _architecture(model),
         "training": {
             "data": {
                 "dataset": slices.DATASET_SUBDIR,
@@ -305,15 +309,39 @@ def build_card(
                 "val_fraction": split.get("val_fraction"),
                 "method": "stratified by class; " + str(split.get("grouping", "")),
             },
-            "stages": stages,
-            "checkpoint": stages_source,
+            **training,
             "augmentation": asdict(slices.AugmentConfig()),
-            "seconds": round(sum(float(st["seconds"]) for st in stages), 1),
+            "seconds": round(sum(float(st["seconds"]) for st in all_stages(training)), 1),
             "torch": torch.__version__,
             "platform": platform.machine(),
         },
         "verification": verification,
     }
+
+
+def _architecture(model: SliceModel) -> dict[str, Any]:
+    if isinstance(model, SliceNet):
+        return {
+            "name": "SliceNet (residual CNN, GAP + linear head)",
+            "parameters": count_parameters(model),
+            **model.config.to_dict(),
+        }
+    return {
+        "name": f"SliceEnsemble: {len(model.members)} SliceNets, mean logits over members"
+        + (" and the left-right mirror image (test-time augmentation)" if model.mirror else ""),
+        "members": len(model.members),
+        "mirror_views": model.mirror,
+        "forward_passes_per_image": model.views,
+        "parameters": count_parameters(model),
+        "member": model.config.to_dict(),
+    }
+
+
+def all_stages(training: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every training stage behind a card's model (all members of an ensemble)."""
+    if "members" in training:
+        return [st for member in training["members"] for st in member["stages"]]
+    return list(training["stages"])
 
 
 def selection_caveat(stages: list[dict[str, Any]]) -> str:
@@ -347,7 +375,84 @@ def export_checkpoint(
 ) -> Path:
     """``best.pt`` -> ``<out>/<name>.onnx`` + ``<out>/<name>.json``; returns the card path."""
     model, ckpt = load_checkpoint(str(checkpoint))
-    size = int(ckpt["size"])
+    training = {"stages": training_stages(checkpoint, ckpt), "checkpoint": str(checkpoint)}
+    return _export(
+        model,
+        int(ckpt["size"]),
+        training,
+        out_dir=out_dir,
+        name=name,
+        version=version,
+        data_dir=data_dir,
+        split_file=split_file,
+        threads=threads,
+    )
+
+
+def export_ensemble(
+    *,
+    checkpoints: Sequence[Path],
+    out_dir: Path,
+    name: str,
+    version: str,
+    data_dir: Path,
+    split_file: Path,
+    mirror: bool = True,
+    threads: int = 2,
+) -> Path:
+    """Several trained nets (same input size) -> one ONNX ensemble + card; see
+    :class:`SliceEnsemble`. Each member's training stages go into the card."""
+    loaded = [load_checkpoint(str(path)) for path in checkpoints]
+    split: dict[str, Any] = json.loads(split_file.read_text()) if split_file.exists() else {}
+    for path, (_, ckpt) in zip(checkpoints, loaded, strict=True):
+        cfg = ckpt.get("train_config", {})
+        # A member trained on another split has seen the validation images.
+        if (cfg.get("split_seed"), cfg.get("val_fraction")) != (
+            split.get("seed"),
+            split.get("val_fraction"),
+        ):
+            raise ValueError(
+                f"{path} was trained on split seed {cfg.get('split_seed')} / fraction "
+                f"{cfg.get('val_fraction')}, not on {split_file}'s {split.get('seed')} / "
+                f"{split.get('val_fraction')}"
+            )
+    sizes = {int(ckpt["size"]) for _, ckpt in loaded}
+    if len(sizes) != 1:
+        raise ValueError(f"ensemble members were trained at different sizes: {sorted(sizes)}")
+    members = [
+        {
+            "checkpoint": str(path),
+            "seed": ckpt.get("train_config", {}).get("seed"),
+            "stages": training_stages(path, ckpt),
+        }
+        for path, (_, ckpt) in zip(checkpoints, loaded, strict=True)
+    ]
+    ensemble = SliceEnsemble([model for model, _ in loaded], mirror=mirror)
+    return _export(
+        ensemble,
+        sizes.pop(),
+        {"members": members},
+        out_dir=out_dir,
+        name=name,
+        version=version,
+        data_dir=data_dir,
+        split_file=split_file,
+        threads=threads,
+    )
+
+
+def _export(
+    model: SliceModel,
+    size: int,
+    training: dict[str, Any],
+    *,
+    out_dir: Path,
+    name: str,
+    version: str,
+    data_dir: Path,
+    split_file: Path,
+    threads: int,
+) -> Path:
     onnx_path = out_dir / f"{name}.onnx"
     card_path = out_dir / f"{name}.json"
     export_onnx(model, onnx_path, size)
@@ -366,16 +471,14 @@ def export_checkpoint(
     }
     log.info("ONNX Runtime matches PyTorch: %s", verification)
 
-    stages = training_stages(checkpoint, ckpt)
     card = build_card(
         name=name,
         version=version,
         onnx_path=onnx_path,
         model=model,
-        checkpoint=ckpt,
+        size=size,
         split_file=split_file,
-        stages=stages,
-        stages_source=str(checkpoint),
+        training=training,
         verification=verification,
     )
     card_path.write_text(json.dumps(card, indent=1) + "\n")
@@ -388,7 +491,7 @@ def export_checkpoint(
         metrics = report.to_dict()
         metrics.pop("model", None)
         metrics["split"] = "validation"
-        metrics["caveat"] = selection_caveat(stages)
+        metrics["caveat"] = selection_caveat(all_stages(training))
         metrics["runtime"] = f"onnxruntime {ort.__version__} CPU, {threads} threads, batch 32"
         card["metrics"] = metrics
         card_path.write_text(json.dumps(card, indent=1) + "\n")

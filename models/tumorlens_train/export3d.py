@@ -279,13 +279,22 @@ def build_card(
                 "[100000, i])), never used for training or selection",
             },
             "steps": ckpt.get("step"),
+            # "best": the validation cases chose this step; "last": final step of the schedule
+            "checkpoint_selection": ckpt.get("selection", "best"),
             "validation_at_best": ckpt.get("val"),
             "type_head_stage2": {
                 k: v for k, v in (ckpt.get("type_head_stage2") or {}).items() if k != "history"
             },
             "config": {k: v for k, v in train.items() if k not in ("data",)},
-            "loss": "cross-entropy + soft Dice on WT/TC/ET regions; type cross-entropy x "
-            f"{train.get('type_weight')}",
+            "loss": "cross-entropy"
+            + (
+                f" (tumour voxels weighted x{train['ce_tumour_weight']})"
+                if train.get("ce_tumour_weight", 1.0) != 1.0
+                else ""
+            )
+            + " + soft Dice on WT/TC/ET regions"
+            + (" over the batch" if train.get("batch_dice") else " per case")
+            + f"; type cross-entropy x {train.get('type_weight')}",
             "optimiser": "AdamW, cosine LR over the step/time budget, 50-step warm-up",
             "torch": torch.__version__,
             "platform": platform.machine(),

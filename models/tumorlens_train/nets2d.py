@@ -8,6 +8,7 @@ The network returns ``(logits, features)`` so the exported ONNX exposes both.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -103,10 +104,69 @@ class SliceNet(nn.Module):
     def feature_channels(self) -> int:
         return self.head.in_features
 
+    def head_weight(self) -> Tensor:
+        """``W [K, C]`` of the CAM recipe."""
+        return self.head.weight
+
+    def head_bias(self) -> Tensor:
+        return self.head.bias
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         features = self.stages(self.stem(x))
         pooled = features.mean(dim=(2, 3))
         return self.head(self.dropout(pooled)), features
+
+
+class SliceEnsemble(nn.Module):
+    """Mean logits of several SliceNets, each run on the image and (``mirror``) on its
+    left-right mirror image; features of every view, the mirrored ones flipped back, are
+    concatenated along channels.
+
+    Still a GAP + linear head as a whole: with V views (members x mirrors), ``logits = mean_v
+    (GAP(F_v) W_v^T + b_v) = GAP(cat_v F_v) (cat_v W_v / V)^T + mean_v b_v``, so the CAM
+    recipe holds with :meth:`head_weight` and :meth:`head_bias`, and the maps average the
+    views' maps. The mirror is the training augmentation's flip, so each view is one the
+    members were trained on.
+    """
+
+    def __init__(self, members: Sequence[SliceNet], mirror: bool = True) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        shapes = {(m.config.in_channels, m.config.num_classes, m.feature_channels) for m in members}
+        if len(shapes) != 1:
+            raise ValueError(f"members differ in channels/classes/features: {sorted(shapes)}")
+        self.members = nn.ModuleList(members)
+        self.mirror = mirror
+        self.config = members[0].config
+
+    @property
+    def views(self) -> int:
+        return len(self.members) * (2 if self.mirror else 1)
+
+    @property
+    def feature_channels(self) -> int:
+        return self.views * int(self.members[0].head.in_features)
+
+    def head_weight(self) -> Tensor:
+        per_view = [m.head.weight for m in self.members for _ in range(1 + int(self.mirror))]
+        return torch.cat(per_view, dim=1) / self.views
+
+    def head_bias(self) -> Tensor:
+        return torch.stack([m.head.bias for m in self.members]).mean(dim=0)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        logits: list[Tensor] = []
+        features: list[Tensor] = []
+        for member in self.members:
+            out, feats = member(x)
+            logits.append(out)
+            features.append(feats)
+            if self.mirror:
+                out, feats = member(torch.flip(x, dims=(3,)))
+                logits.append(out)
+                features.append(torch.flip(feats, dims=(3,)))
+        return torch.stack(logits).mean(dim=0), torch.cat(features, dim=1)
 
 
 def count_parameters(model: nn.Module) -> int:

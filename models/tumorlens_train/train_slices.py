@@ -184,7 +184,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             loss.backward()
             optimiser.step()
             scheduler.step()
-            running += float(loss) * len(y)
+            running += float(loss.detach()) * len(y)
             seen += len(y)
             bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
 

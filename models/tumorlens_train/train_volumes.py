@@ -38,6 +38,8 @@ from tumorlens_train.volumes import UNKNOWN, AugmentConfig, Prepared, batches
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_CHOICES: tuple[str, ...] = ("best", "last")
+
 
 @dataclass
 class TrainConfig:
@@ -51,11 +53,22 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     type_weight: float = 0.5
+    # Soft Dice per case (each case's regions count alike) or over the whole batch (nnU-Net's
+    # "batch Dice": a case without a region, e.g. a healthy brain or a glioma without
+    # enhancement, no longer scores ~1 - 1/(sum p + 1), which pulls every voxel's tumour
+    # probability down).
+    batch_dice: bool = False
+    # Weight of a tumour voxel relative to a background voxel in the cross-entropy; tumour is
+    # ~0.5 % of the grid, so at 1.0 the CE says almost nothing about tumour voxels.
+    ce_tumour_weight: float = 1.0
     bf16: bool = True
     threads: int = 2
     seed: int = 0
     device: str = "auto"
     val_every: int = 100
+    # "best": best.pt is the step with the best validation score (the validation cases then
+    # choose); "last": best.pt is the final step of the fixed schedule (they only measure).
+    checkpoint: str = "best"
     # checkpoint whose weights start the run (same architecture; its net config is used)
     warm_start: str | None = None
     data: dict[str, Any] = field(default_factory=dict)  # provenance for the card
@@ -73,26 +86,44 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def region_dice_loss(logits: Tensor, target: Tensor) -> Tensor:
-    """1 - mean soft Dice over WT (1,2,3), TC (1,3), ET (3) from softmax probabilities."""
+def region_dice_loss(logits: Tensor, target: Tensor, batch: bool = False) -> Tensor:
+    """1 - mean soft Dice over WT (1,2,3), TC (1,3), ET (3) from softmax probabilities, per case
+    or (``batch``) over the batch as one volume."""
     probs = logits.float().softmax(dim=1)
     onehot = nnf.one_hot(target, probs.shape[1]).permute(0, 4, 1, 2, 3).float()
+    dims = (0, 1, 2, 3) if batch else (1, 2, 3)
     losses = []
     for labels in ((1, 2, 3), (1, 3), (3,)):
         p = probs[:, list(labels)].sum(dim=1)
         t = onehot[:, list(labels)].sum(dim=1)
-        inter = (p * t).sum(dim=(1, 2, 3))
-        denom = p.sum(dim=(1, 2, 3)) + t.sum(dim=(1, 2, 3))
+        inter = (p * t).sum(dim=dims)
+        denom = p.sum(dim=dims) + t.sum(dim=dims)
         losses.append(1.0 - (2 * inter + 1.0) / (denom + 1.0))
     return torch.stack(losses).mean()
 
 
+def weighted_cross_entropy(logits: Tensor, target: Tensor, tumour_weight: float) -> Tensor:
+    """Voxel cross-entropy with tumour voxels (label > 0) weighted ``tumour_weight``: a weighted
+    mean, so the loss stays on the scale of plain CE."""
+    ce = nnf.cross_entropy(logits.float(), target, reduction="none")
+    if tumour_weight == 1.0:
+        return ce.mean()
+    weights = torch.where(target > 0, tumour_weight, 1.0)
+    return (ce * weights).sum() / weights.sum()
+
+
 def loss_fn(
-    outputs: tuple[Tensor, Tensor, Tensor], y_seg: Tensor, y_type: Tensor, type_weight: float
+    outputs: tuple[Tensor, Tensor, Tensor],
+    y_seg: Tensor,
+    y_type: Tensor,
+    type_weight: float,
+    *,
+    batch_dice: bool = False,
+    ce_tumour_weight: float = 1.0,
 ) -> tuple[Tensor, dict[str, float]]:
     seg_logits, type_logits, _ = outputs
-    ce = nnf.cross_entropy(seg_logits.float(), y_seg)
-    dl = region_dice_loss(seg_logits, y_seg)
+    ce = weighted_cross_entropy(seg_logits, y_seg, ce_tumour_weight)
+    dl = region_dice_loss(seg_logits, y_seg, batch=batch_dice)
     known = y_type != UNKNOWN
     tl = (
         nnf.cross_entropy(type_logits.float()[known], y_type[known])
@@ -100,7 +131,7 @@ def loss_fn(
         else seg_logits.sum() * 0.0
     )
     total = ce + dl + type_weight * tl
-    return total, {"ce": float(ce), "dice": float(dl), "type": float(tl)}
+    return total, {"ce": float(ce.detach()), "dice": float(dl.detach()), "type": float(tl.detach())}
 
 
 def grid_dice(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -144,6 +175,8 @@ def save(path: Path, model: TumourNet3d, cfg: TrainConfig, **extra: Any) -> None
 def train(
     cfg: TrainConfig, train_cases: list[Prepared], val_cases: list[Prepared]
 ) -> dict[str, Any]:
+    if cfg.checkpoint not in CHECKPOINT_CHOICES:
+        raise ValueError(f"checkpoint must be one of {CHECKPOINT_CHOICES}, got {cfg.checkpoint!r}")
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -187,6 +220,8 @@ def train(
             torch.from_numpy(y_seg).to(device),
             torch.from_numpy(y_type).to(device),
             cfg.type_weight,
+            batch_dice=cfg.batch_dice,
+            ce_tumour_weight=cfg.ce_tumour_weight,
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -226,10 +261,10 @@ def _checkpoint(  # noqa: PLR0917
     history.append(entry)
     tqdm.write(json.dumps(entry))
     (cfg.work_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
-    save(cfg.work_dir / "last.pt", model, cfg, step=step, val=val)
-    if val["score"] > best["score"]:
+    save(cfg.work_dir / "last.pt", model, cfg, step=step, val=val, selection=cfg.checkpoint)
+    if cfg.checkpoint == "last" or val["score"] > best["score"]:
         best = {"score": val["score"], "step": step, "val": val}
-        save(cfg.work_dir / "best.pt", model, cfg, step=step, val=val)
+        save(cfg.work_dir / "best.pt", model, cfg, step=step, val=val, selection=cfg.checkpoint)
     return best
 
 
@@ -320,6 +355,7 @@ def train_type_head(  # noqa: PLR0917
             "net": net_cfg.to_dict(),
             "train": train_cfg,
             "step": ckpt.get("step"),
+            "selection": ckpt.get("selection", "best"),
             "val": {**(ckpt.get("val") or {}), "type_head_stage2": best},
             "type_head_stage2": {
                 "width": width,

@@ -190,3 +190,86 @@ def test_training_refuses_an_unknown_selection(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="checkpoint must be one of"):
         train_slices.train(cfg)
+
+
+def _second_member(tiny: dict[str, Any]) -> Any:
+    """Another tiny member: the trained one with its head weights perturbed (a 'seed')."""
+    torch = _torch()
+    from tumorlens_train.nets2d import SliceNet
+
+    other = SliceNet(tiny["model"].config)
+    other.load_state_dict(tiny["model"].state_dict())
+    with torch.no_grad():
+        other.head.weight.add_(0.1 * torch.randn_like(other.head.weight))
+        other.head.bias.add_(0.05)
+    return other.eval()
+
+
+def test_ensemble_onnx_matches_torch_cam_holds_and_mirror_is_invariant(
+    tiny: dict[str, Any], tmp_path: Path
+) -> None:
+    _torch()
+    from tumorlens_train import export
+    from tumorlens_train.nets2d import SliceEnsemble
+
+    ensemble = SliceEnsemble([tiny["model"], _second_member(tiny)], mirror=True).eval()
+    path = tmp_path / "ensemble.onnx"
+    export.export_onnx(ensemble, path, SIZE)
+    real = tiny["real"]
+    assert max(export.verify_onnx(ensemble, path, real, threads=1).values()) <= 1e-4
+    assert export.verify_cam(ensemble, path, real) <= 1e-4
+    session = session_mod.create_session(path, threads=1, prefer_gpu=False)
+    logits, features = session.run(None, {"image": real})
+    assert features.shape == (len(real), 4 * 16, SIZE // 4, SIZE // 4)  # 2 members x 2 views
+    mirrored, _ = session.run(None, {"image": np.ascontiguousarray(real[..., ::-1])})
+    np.testing.assert_allclose(mirrored, logits, atol=1e-4)
+    # and it is the mean of the members' views, not just one of them
+    single = SliceEnsemble([tiny["model"]], mirror=False).eval()
+    export.export_onnx(single, tmp_path / "single.onnx", SIZE)
+    one = session_mod.create_session(tmp_path / "single.onnx", threads=1, prefer_gpu=False)
+    assert np.abs(one.run(["logits"], {"image": real})[0] - logits).max() > 1e-3
+
+
+def test_slices_ensemble_command_writes_card_and_refuses_another_split(
+    tiny: dict[str, Any], tmp_path: Path
+) -> None:
+    torch = _torch()
+    from tumorlens_train import slices
+    from tumorlens_train.cli import main
+
+    members = []
+    for i, model in enumerate((tiny["model"], _second_member(tiny))):
+        path = tmp_path / f"m{i}" / "best.pt"
+        path.parent.mkdir()
+        torch.save(
+            {
+                "config": model.config.to_dict(),
+                "state_dict": model.state_dict(),
+                "epoch": 1,
+                "size": SIZE,
+                "selection": "last",
+                "train_config": {"epochs": 1, "seed": i, "split_seed": 7, "val_fraction": 0.25},
+            },
+            path,
+        )
+        members.append(path)
+    zoo = tmp_path / "zoo"
+    split = zoo / "tiny.split.json"
+    slices.write_split(split, tiny["samples"][::PER_CLASS], n_train=8, seed=7, fraction=0.25)
+    argv = ["slices-ensemble", "--name", "tiny", "--version", "0.0.1", "--out", str(zoo)]
+    argv += ["--data", str(tiny["data"]), "--threads", "1"]
+    argv += [a for m in members for a in ("--member", str(m))]
+    assert main(argv) == 0
+    card = load_card(zoo / "tiny.json")
+    assert card.sha256 == sha256_file(zoo / "tiny.onnx")
+    weights, _ = card.cam_weights()
+    assert weights.shape == (4, 4 * 16)
+    raw = json.loads((zoo / "tiny.json").read_text())
+    assert raw["architecture"]["forward_passes_per_image"] == 4
+    assert [m["seed"] for m in raw["training"]["members"]] == [0, 1]
+    assert raw["metrics"]["n_images"] == 4
+    assert raw["metrics"]["caveat"].startswith("No checkpoint was chosen")
+
+    slices.write_split(split, tiny["samples"][::PER_CLASS], n_train=8, seed=8, fraction=0.25)
+    with pytest.raises(ValueError, match="split seed 7"):
+        main(argv)

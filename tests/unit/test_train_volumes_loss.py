@@ -1,0 +1,95 @@
+"""The 3D training losses against hand-computed values, and which step ``best.pt`` keeps."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from tumorlens.inference.preprocess3d import GridSpec  # noqa: E402
+from tumorlens_train import train_volumes, volumes  # noqa: E402
+from tumorlens_train.nets3d import Net3dConfig  # noqa: E402
+
+
+def _logits_for(probs: list[list[float]]) -> torch.Tensor:
+    """(N=len(probs), 4 classes, 1x1x1) logits whose softmax is ``probs``."""
+    return torch.tensor(probs).log().reshape(len(probs), 4, 1, 1, 1)
+
+
+def test_region_dice_per_case_vs_batch_by_hand() -> None:
+    # Case 0: one oedema voxel predicted as oedema with p=0.5. Case 1: healthy voxel, p(tumour)
+    # spread 0.1 each over core/oedema/enhancing.
+    logits = torch.cat(
+        [
+            _logits_for([[0.5, 0.0 + 1e-12, 0.5, 0.0 + 1e-12]]),
+            _logits_for([[0.7, 0.1, 0.1, 0.1]]),
+        ]
+    )
+    target = torch.tensor([2, 0]).reshape(2, 1, 1, 1)
+    # Per case, smoothing 1: WT case0 = (2*0.5+1)/(0.5+1+1) = 0.8, case1 = 1/(0.3+1);
+    # TC case0 = 1/(0+1) = 1, case1 = 1/(0.2+1); ET case0 = 1, case1 = 1/(0.1+1).
+    per_case = [
+        1 - 0.8,
+        1 - 1 / 1.3,
+        0.0,
+        1 - 1 / 1.2,
+        0.0,
+        1 - 1 / 1.1,
+    ]
+    expected = sum(per_case) / 6
+    got = float(train_volumes.region_dice_loss(logits, target))
+    assert got == pytest.approx(expected, abs=1e-6)
+    # Over the batch: WT (2*0.5+1)/(0.8+1+1), TC 1/(0.2+1), ET 1/(0.1+1).
+    batch = ((1 - 2 / 2.8) + (1 - 1 / 1.2) + (1 - 1 / 1.1)) / 3
+    got = float(train_volumes.region_dice_loss(logits, target, batch=True))
+    assert got == pytest.approx(batch, abs=1e-6)
+
+
+def test_tumour_weighted_cross_entropy_by_hand() -> None:
+    logits = torch.cat([_logits_for([[0.5, 0.1, 0.3, 0.1]]), _logits_for([[0.8, 0.1, 0.05, 0.05]])])
+    target = torch.tensor([2, 0]).reshape(2, 1, 1, 1)
+    ce_tumour, ce_bg = -math.log(0.3), -math.log(0.8)
+    plain = float(train_volumes.weighted_cross_entropy(logits, target, 1.0))
+    assert plain == pytest.approx((ce_tumour + ce_bg) / 2, abs=1e-6)
+    weighted = float(train_volumes.weighted_cross_entropy(logits, target, 10.0))
+    assert weighted == pytest.approx((10 * ce_tumour + ce_bg) / 11, abs=1e-6)
+
+
+@pytest.mark.parametrize("selection", ["best", "last"])
+def test_checkpoint_selection_decides_what_best_pt_holds(tmp_path: Path, selection: str) -> None:
+    grid = GridSpec(spacing=8.0, shape=(24, 32, 24))
+    cases = [
+        volumes.prepare_phantom(seed, "hgg", grid, spacing=6.0, thick_slice_prob=0.0)
+        for seed in (1, 2)
+    ]
+    cfg = train_volumes.TrainConfig(
+        work_dir=tmp_path,
+        grid=grid,
+        net=Net3dConfig(base=4, levels=3),
+        steps=4,
+        batch_size=2,
+        bf16=False,
+        threads=1,
+        val_every=1,
+        checkpoint=selection,
+        batch_dice=True,
+        ce_tumour_weight=5.0,
+    )
+    result = train_volumes.train(cfg, cases, cases[:1])
+    kept = torch.load(tmp_path / "best.pt", weights_only=False)
+    assert kept["selection"] == selection
+    if selection == "last":
+        assert kept["step"] == 4
+    else:
+        assert kept["step"] == result["best"]["step"]
+    assert kept["train"]["batch_dice"] is True
+    assert kept["train"]["ce_tumour_weight"] == 5.0
+
+
+def test_unknown_checkpoint_selection_is_refused(tmp_path: Path) -> None:
+    cfg = train_volumes.TrainConfig(work_dir=tmp_path, checkpoint="mean")
+    with pytest.raises(ValueError, match="checkpoint must be one of"):
+        train_volumes.train(cfg, [], [])
