@@ -93,6 +93,14 @@ def register(subparsers: Any) -> None:
         help="step kept as WORK_DIR/best.pt: best validation score (the validation cases "
         "choose) or the final step of the fixed schedule (they only measure)",
     )
+    p.add_argument(
+        "--min-component-ml",
+        type=float,
+        default=0.0,
+        help="card post-processing: tumour components smaller than this (mL) become "
+        "background at run time (choose it on validation cases: python -m "
+        "tumorlens_train.component_sweep)",
+    )
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for training")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=1, help="processes preparing the cache")
@@ -190,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
         heldout=args.heldout,
         heldout_subsets=[tuple(v.split(",")) for v in args.heldout_subset],
         threads=args.threads,
+        min_component_ml=args.min_component_ml,
     )
     log.info("wrote %s", card)
     return 0

@@ -329,6 +329,7 @@ def export_checkpoint(
     heldout_subsets: Sequence[Sequence[str]] = (),
     threads: int = 2,
     verify_real: NDArray[np.float32] | None = None,
+    min_component_ml: float = 0.0,
 ) -> Path:
     """``best.pt`` -> ``<out>/<name>.onnx`` + ``<out>/<name>.json``; returns the card path.
 
@@ -358,6 +359,14 @@ def export_checkpoint(
         ckpt=ckpt,
         verification=verification,
     )
+    if min_component_ml > 0:
+        card["postprocessing"] = {
+            "min_tumour_component_ml": min_component_ml,
+            "rule": "on the model grid, tumour components (argmax not background, "
+            "26-connected) smaller than this become background before resampling to the "
+            "study (tumorlens.inference.volume_model.drop_small_tumour_components); the "
+            "held-out metrics below include it",
+        }
     card_path.write_text(json.dumps(card, indent=1) + "\n")
     if heldout is not None and heldout.is_dir():
         from tumorlens.evaluation.volumes import evaluate_volumes

@@ -93,3 +93,47 @@ def test_unknown_checkpoint_selection_is_refused(tmp_path: Path) -> None:
     cfg = train_volumes.TrainConfig(work_dir=tmp_path, checkpoint="mean")
     with pytest.raises(ValueError, match="checkpoint must be one of"):
         train_volumes.train(cfg, [], [])
+
+
+def test_component_sweep_scores_each_threshold_on_the_runs_validation_cases(
+    tmp_path: Path,
+) -> None:
+    import numpy as np
+
+    from tumorlens_train import component_sweep
+
+    grid = GridSpec(spacing=8.0, shape=(24, 32, 24))
+    cases = [
+        volumes.prepare_phantom(seed, ttype, grid, spacing=6.0, thick_slice_prob=0.0)
+        for seed, ttype in ((1, "hgg"), (2, "healthy"))
+    ]
+    cache = tmp_path / "cache" / "phantoms" / "grid-test"
+    cache.mkdir(parents=True)
+    for case in cases:
+        np.savez(
+            cache / f"{case.case_id}.npz",
+            image=case.image,
+            labels=case.labels,
+            type_index=case.type_index,
+        )
+    cfg = train_volumes.TrainConfig(
+        work_dir=tmp_path,
+        grid=grid,
+        net=Net3dConfig(base=4, levels=3),
+        steps=2,
+        batch_size=2,
+        bf16=False,
+        threads=1,
+        val_every=2,
+        data={"validation_cases": [c.case_id for c in cases]},
+    )
+    train_volumes.train(cfg, cases, cases)
+    result = component_sweep.sweep(tmp_path, "best.pt", [0.0, 1.0, 1e6])
+    assert result["n_cases"] == 2
+    assert [r["voxels"] for r in result["rows"]] == [0, 2, 1953125]  # 1 mL = 1.95 voxels of 8 mm
+    # A threshold above every component empties the label maps: the healthy case is clean,
+    # the glioma case scores 0.
+    huge = result["rows"][2]
+    assert huge["healthy_clean"] == "1/1"
+    assert huge["WT"] == pytest.approx(0.5)
+    assert result["chosen"] in (0.0, 1.0, 1e6)

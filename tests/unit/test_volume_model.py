@@ -34,3 +34,26 @@ def test_no_tumour_on_the_grid_is_no_label_anywhere() -> None:
     probs = np.zeros((4, 8, 8, 8), np.float32)
     probs[0] = 1.0
     assert not labels_on_native(probs, GRID, NATIVE, (64, 64, 10)).any()
+
+
+def test_small_tumour_components_become_background_and_large_ones_stay() -> None:
+    from tumorlens.inference.volume_model import drop_small_tumour_components, min_component_voxels
+
+    probs = np.zeros((4, 20, 20, 20), np.float32)
+    probs[0] = 1.0
+    probs[:, 2:5, 2:5, 2:5] = [[[[0.1]]], [[[0.2]]], [[[0.6]]], [[[0.1]]]]  # 27 voxels, oedema
+    probs[:, 15, 15, 15] = [0.2, 0.0, 0.0, 0.8]  # one enhancing voxel
+    probs[:, 10, 10, 10] = [0.3, 0.5, 0.2, 0.0]  # one core voxel ...
+    probs[:, 11, 11, 11] = [0.3, 0.0, 0.0, 0.7]  # ... touching an enhancing one diagonally
+    out = drop_small_tumour_components(probs, min_voxels=3)
+    labels = out.argmax(axis=0)
+    assert (labels[2:5, 2:5, 2:5] == 2).all()
+    assert labels[15, 15, 15] == 0 and labels[10, 10, 10] == 0 and labels[11, 11, 11] == 0
+    np.testing.assert_allclose(out.sum(axis=0), 1.0, atol=1e-6)
+    # a two-voxel component survives a threshold of two
+    kept = drop_small_tumour_components(probs, min_voxels=2).argmax(axis=0)
+    assert kept[10, 10, 10] == 1 and kept[11, 11, 11] == 3 and kept[15, 15, 15] == 0
+    assert probs[3, 15, 15, 15] == pytest.approx(0.8)  # the input is not modified
+    # card -> voxels: 0.1 mL on a 3 mm grid is 100 mm3 / 27 mm3 -> 4 voxels
+    assert min_component_voxels({"postprocessing": {"min_tumour_component_ml": 0.1}}, 3.0) == 4
+    assert min_component_voxels({}, 3.0) == 0
