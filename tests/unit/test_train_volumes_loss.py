@@ -58,21 +58,34 @@ def test_tumour_weighted_cross_entropy_by_hand() -> None:
     assert weighted == pytest.approx((10 * ce_tumour + ce_bg) / 11, abs=1e-6)
 
 
+GRID = GridSpec(spacing=8.0, shape=(24, 32, 24))
+
+
+def _phantoms(*kinds: tuple[int, str]) -> list[volumes.Prepared]:
+    return [
+        volumes.prepare_phantom(seed, kind, GRID, spacing=6.0, thick_slice_prob=0.0)
+        for seed, kind in kinds
+    ]
+
+
+def _tiny_config(work_dir: Path, **overrides: object) -> train_volumes.TrainConfig:
+    """A 4-channel, 3-level net on a coarse grid: seconds per run on one thread."""
+    base: dict[str, object] = {
+        "grid": GRID,
+        "net": Net3dConfig(base=4, levels=3),
+        "batch_size": 2,
+        "bf16": False,
+        "threads": 1,
+    }
+    return train_volumes.TrainConfig(work_dir=work_dir, **{**base, **overrides})  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("selection", ["best", "last"])
 def test_checkpoint_selection_decides_what_best_pt_holds(tmp_path: Path, selection: str) -> None:
-    grid = GridSpec(spacing=8.0, shape=(24, 32, 24))
-    cases = [
-        volumes.prepare_phantom(seed, "hgg", grid, spacing=6.0, thick_slice_prob=0.0)
-        for seed in (1, 2)
-    ]
-    cfg = train_volumes.TrainConfig(
-        work_dir=tmp_path,
-        grid=grid,
-        net=Net3dConfig(base=4, levels=3),
+    cases = _phantoms((1, "hgg"), (2, "hgg"))
+    cfg = _tiny_config(
+        tmp_path,
         steps=4,
-        batch_size=2,
-        bf16=False,
-        threads=1,
         val_every=1,
         checkpoint=selection,
         batch_dice=True,
@@ -102,11 +115,7 @@ def test_component_sweep_scores_each_threshold_on_the_runs_validation_cases(
 
     from tumorlens_train import component_sweep
 
-    grid = GridSpec(spacing=8.0, shape=(24, 32, 24))
-    cases = [
-        volumes.prepare_phantom(seed, ttype, grid, spacing=6.0, thick_slice_prob=0.0)
-        for seed, ttype in ((1, "hgg"), (2, "healthy"))
-    ]
+    cases = _phantoms((1, "hgg"), (2, "healthy"))
     cache = tmp_path / "cache" / "phantoms" / "grid-test"
     cache.mkdir(parents=True)
     for case in cases:
@@ -116,16 +125,8 @@ def test_component_sweep_scores_each_threshold_on_the_runs_validation_cases(
             labels=case.labels,
             type_index=case.type_index,
         )
-    cfg = train_volumes.TrainConfig(
-        work_dir=tmp_path,
-        grid=grid,
-        net=Net3dConfig(base=4, levels=3),
-        steps=2,
-        batch_size=2,
-        bf16=False,
-        threads=1,
-        val_every=2,
-        data={"validation_cases": [c.case_id for c in cases]},
+    cfg = _tiny_config(
+        tmp_path, steps=2, val_every=2, data={"validation_cases": [c.case_id for c in cases]}
     )
     train_volumes.train(cfg, cases, cases)
     result = component_sweep.sweep(tmp_path, "best.pt", [0.0, 1.0, 1e6])
