@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import shutil
+import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -427,10 +429,11 @@ def export_ensemble(
         }
         for path, (_, ckpt) in zip(checkpoints, loaded, strict=True)
     ]
-    ensemble = SliceEnsemble([model for model, _ in loaded], mirror=mirror)
-    return _export(
-        ensemble,
-        sizes.pop(),
+    size = sizes.pop()
+    nets = [model for model, _ in loaded]
+    card_path = _export(
+        SliceEnsemble(nets, mirror=mirror),
+        size,
         {"members": members},
         out_dir=out_dir,
         name=name,
@@ -439,6 +442,49 @@ def export_ensemble(
         split_file=split_file,
         threads=threads,
     )
+    card = json.loads(card_path.read_text())
+    if "metrics" in card:
+        # What the ensemble adds over its parts, on the same split, so that the card shows it.
+        variants: list[tuple[str, SliceModel]] = [
+            (f"member {i + 1} alone", net) for i, net in enumerate(nets)
+        ]
+        variants += [
+            (f"member {i + 1} + mirror", SliceEnsemble([net])) for i, net in enumerate(nets)
+        ]
+        if mirror and len(nets) > 1:
+            variants.append(("members without mirror", SliceEnsemble(nets, mirror=False)))
+        card["metrics"]["variants"] = [
+            {"variant": label, **_variant_metrics(model, size, data_dir, split_file, threads)}
+            for label, model in variants
+        ]
+        card_path.write_text(json.dumps(card, indent=1) + "\n")
+    return card_path
+
+
+def _variant_metrics(
+    model: SliceModel, size: int, data_dir: Path, split_file: Path, threads: int
+) -> dict[str, Any]:
+    """Validation accuracy and per-class sensitivity of ``model`` through the runtime path."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        shutil.copy(split_file, out / split_file.name)
+        card_path = _export(
+            model,
+            size,
+            {"stages": [], "checkpoint": "variant"},
+            out_dir=out,
+            name=split_file.name.removesuffix(".split.json"),
+            version="variant",
+            data_dir=data_dir,
+            split_file=out / split_file.name,
+            threads=threads,
+        )
+        metrics = json.loads(card_path.read_text())["metrics"]
+    return {
+        "accuracy": metrics["accuracy"],
+        "sensitivity": {k: v["sensitivity"] for k, v in metrics["per_class"].items()},
+        "ms_per_image": metrics["ms_per_image"],
+    }
 
 
 def _export(

@@ -269,6 +269,16 @@ def test_slices_ensemble_command_writes_card_and_refuses_another_split(
     assert [m["seed"] for m in raw["training"]["members"]] == [0, 1]
     assert raw["metrics"]["n_images"] == 4
     assert raw["metrics"]["caveat"].startswith("No checkpoint was chosen")
+    variants = {v["variant"]: v for v in raw["metrics"]["variants"]}
+    assert list(variants) == [
+        "member 1 alone",
+        "member 2 alone",
+        "member 1 + mirror",
+        "member 2 + mirror",
+        "members without mirror",
+    ]
+    assert all(0.0 <= v["accuracy"] <= 1.0 for v in variants.values())
+    assert set(variants["member 1 alone"]["sensitivity"]) == set(card.label_names)
 
     slices.write_split(split, tiny["samples"][::PER_CLASS], n_train=8, seed=8, fraction=0.25)
     with pytest.raises(ValueError, match="split seed 7"):
