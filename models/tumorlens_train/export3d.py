@@ -27,7 +27,13 @@ from tumorlens_train.export import (
     compare_with_torch,
     export_module,
 )
-from tumorlens_train.nets3d import SEG_CLASSES, TYPE_CLASSES, TumourNet3d, count_parameters
+from tumorlens_train.nets3d import (
+    SEG_CLASSES,
+    TYPE_CLASSES,
+    TumourNet3d,
+    count_parameters,
+    for_export,
+)
 from tumorlens_train.nets3d import load_checkpoint as load_net
 
 log = logging.getLogger(__name__)
@@ -120,8 +126,12 @@ TYPE_LABELS: tuple[dict[str, Any], ...] = (
 
 
 def export_onnx(model: TumourNet3d, path: Path, shape: tuple[int, int, int]) -> None:
+    """The graph of :func:`~tumorlens_train.nets3d.for_export` (instance norms as staged
+    reductions); :func:`verify_onnx` compares it with the trained module itself."""
     dummy = torch.zeros(1, model.config.in_channels, *shape)
-    export_module(model, dummy, path, input_name=INPUT_NAME, output_names=tuple(OUTPUT_NAMES))
+    export_module(
+        for_export(model), dummy, path, input_name=INPUT_NAME, output_names=tuple(OUTPUT_NAMES)
+    )
     if path.stat().st_size > MAX_BYTES:
         raise RuntimeError(f"{path} is larger than {MAX_BYTES} bytes")
 
@@ -140,6 +150,18 @@ def verify_onnx(
     rebuilt = np.einsum("ncxyz,kc->nkxyz", feats, weights).mean(axis=(2, 3, 4)) + bias
     diffs["cam_rebuilt_type_logits"] = float(np.abs(rebuilt - ort_out[1]).max())
     return check_tolerance(diffs)
+
+
+def _first_case(folder: Path, grid: GridSpec) -> NDArray[np.float32] | None:
+    """The first case of ``folder`` through the runtime preprocessing, as a verification input
+    (realistic intensities and large background, unlike random noise)."""
+    from tumorlens.evaluation.volumes import find_cases
+    from tumorlens_train.volumes import prepare_case
+
+    cases = find_cases(folder)
+    if not cases:
+        return None
+    return prepare_case(cases[0], grid).image.astype(np.float32)[None]
 
 
 def build_card(
@@ -348,6 +370,8 @@ def export_checkpoint(
         "max_abs_diff_random": verify_onnx(model, onnx_path, random, threads),
         "onnxruntime": ort.__version__,
     }
+    if verify_real is None and heldout is not None and heldout.is_dir():
+        verify_real = _first_case(heldout, grid)
     if verify_real is not None:
         verification["max_abs_diff_real"] = verify_onnx(model, onnx_path, verify_real, threads)
     log.info("ONNX Runtime matches PyTorch: %s", verification)
