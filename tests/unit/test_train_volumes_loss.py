@@ -167,3 +167,22 @@ def test_staged_instance_norm_is_the_same_maths_and_exports_accurately(tmp_path:
     export_module(staged, torch.from_numpy(x[:1]), path, input_name="x", output_names=("y",))
     (ort_out,) = create_session(path, threads=1, prefer_gpu=False).run(None, {"x": x})
     assert float(np.abs(ort_out - want).max()) <= 1e-4
+
+
+def test_export_writes_the_post_processing_the_runtime_reads(tmp_path: Path) -> None:
+    from tumorlens.inference.volume_model import VolumeModel
+    from tumorlens_train import export3d
+
+    cases = _phantoms((1, "hgg"), (2, "lgg"))
+    train_volumes.train(_tiny_config(tmp_path / "work", steps=1, val_every=1), cases, cases[:1])
+    card_path = export3d.export_checkpoint(
+        checkpoint=tmp_path / "work" / "best.pt",
+        out_dir=tmp_path / "zoo",
+        name="tiny3d",
+        version="0.0.1",
+        threads=1,
+        min_component_ml=1.0,
+    )
+    model = VolumeModel(card_path, tmp_path / "zoo", threads=1)
+    assert model.card.raw["postprocessing"]["min_tumour_component_ml"] == 1.0
+    assert model.min_component_voxels == 2  # 1 mL on an 8 mm grid: 1.95 voxels
