@@ -11,10 +11,8 @@ Success (storescp does not), which this figure includes on purpose.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,14 +21,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.helpers.dicom_peers import STORESCU, run_storescp  # noqa: E402
+from tests.helpers.dicom_peers import run_storescp, storescu  # noqa: E402
 from tests.helpers.service import ServeProcess  # noqa: E402
 from tests.helpers.volumes import synthetic_head  # noqa: E402
 from tumorlens.dicomio.make_study import make_study  # noqa: E402
 from tumorlens.identifiers import InstanceKey  # noqa: E402
 from tumorlens.listener.spool import Spool  # noqa: E402
-
-ENV = {**os.environ, "TCP_NODELAY": "1"}  # Debian's dcmtk leaves Nagle on otherwise
 
 
 def build_study(work: Path) -> Path:
@@ -43,11 +39,7 @@ def build_study(work: Path) -> Path:
 
 def push(port: int, called: str, folder: Path) -> float:
     started = time.perf_counter()
-    result = subprocess.run(
-        [str(STORESCU), "-aet", "BENCH", "-aec", called, "+sd", "+r", "127.0.0.1", str(port),
-         str(folder)],
-        env=ENV, check=False, capture_output=True, text=True,
-    )  # fmt: skip
+    result = storescu(port, folder, called=called, calling="BENCH")
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         raise RuntimeError(f"storescu to {called} failed: {result.stderr[-2000:]}")

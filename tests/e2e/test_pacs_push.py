@@ -6,9 +6,7 @@ The job must reach DONE with exactly the instance and series counts that were se
 from __future__ import annotations
 
 import io
-import os
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +17,7 @@ import highdicom as hd
 import pydicom
 import pytest
 
-from tests.helpers.dicom_peers import STORESCU
+from tests.helpers import dicom_peers
 from tests.helpers.orthanc import Orthanc, available
 from tests.helpers.pictures import (
     artifacts_dir,
@@ -54,15 +52,7 @@ def tcga_study(tcga_case: Path, tmp_path: Path) -> WrittenStudy:
 
 
 def storescu(port: int, folder: Path) -> None:
-    result = subprocess.run(
-        [str(STORESCU), "-aet", "STORESCU", "-aec", AE_TITLE, "+sd", "+r", "127.0.0.1", str(port),
-         str(folder)],
-        env={**os.environ, "TCP_NODELAY": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )  # fmt: skip
+    result = dicom_peers.storescu(port, folder, called=AE_TITLE)
     assert result.returncode == 0, result.stderr
 
 

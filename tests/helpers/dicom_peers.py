@@ -1,4 +1,4 @@
-"""DICOM peers for tests: a dcmtk ``storescp`` on a free loopback port."""
+"""DICOM peers for tests: a dcmtk ``storescp`` on a free loopback port, dcmtk ``storescu``."""
 
 from __future__ import annotations
 
@@ -28,6 +28,31 @@ def dcmtk(tool: str) -> str | None:
 
 STORESCP = dcmtk("storescp")
 STORESCU = dcmtk("storescu")
+# TCP_NODELAY=1 makes dcmtk disable Nagle, else small PDUs wait ~40 ms each.
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def storescu(
+    port: int,
+    folder: Path,
+    *,
+    called: str,
+    calling: str = "STORESCU",
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[str]:
+    """dcmtk ``storescu`` sending every file under ``folder`` (recursively, ``+sd +r``) to
+    127.0.0.1:``port``; the caller checks the return code."""
+    if STORESCU is None:
+        raise FileNotFoundError("storescu (dcmtk) is not installed")
+    return subprocess.run(
+        [STORESCU, "-aet", calling, "-aec", called, "+sd", "+r", "127.0.0.1", str(port),
+         str(folder)],
+        env=DCMTK_ENV,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )  # fmt: skip
 
 
 def free_port() -> int:
@@ -100,14 +125,12 @@ def run_storescp(
     out_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = out_dir.parent / f"storescp-{port}.log"
-    # TCP_NODELAY=1 makes dcmtk disable Nagle, else small PDUs wait ~40 ms each.
-    env = {**os.environ, "TCP_NODELAY": "1"}
     with log.open("wb") as log_file:
         process = subprocess.Popen(
             [STORESCP, "-aet", ae_title, "-od", str(out_dir), *extra_args, str(port)],
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=DCMTK_ENV,
         )
     try:
         wait_for_port(port)

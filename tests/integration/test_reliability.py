@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.dicom_peers import STORESCU
+from tests.helpers import dicom_peers
 from tests.helpers.service import AE_TITLE, ServeProcess, dedup, states
 from tumorlens.dicomio.make_study import WrittenStudy
 from tumorlens.store.states import JobState
@@ -23,21 +23,12 @@ from tumorlens.store.states import JobState
 pytestmark = pytest.mark.integration
 
 N = 104  # instances in the study
-STORESCU_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
 def storescu(
     port: int, folder: Path, calling: str = "STORESCU"
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(STORESCU), "-aet", calling, "-aec", AE_TITLE, "+sd", "+r", "127.0.0.1", str(port),
-         str(folder)],
-        env=STORESCU_ENV,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )  # fmt: skip
+    return dicom_peers.storescu(port, folder, called=AE_TITLE, calling=calling, timeout=300)
 
 
 def push_ok(port: int, folder: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.dicom_peers import STORESCU, StoreSCP, free_port
+from tests.helpers.dicom_peers import StoreSCP, free_port, storescu
 from tests.helpers.studies import tcga_study
 from tumorlens.store.embedded_redis import redis_server_binary
 from tumorlens.store.jobs import JobStore
@@ -100,11 +100,7 @@ def test_two_listeners_two_workers_one_redis(
         others = [tcga_study(case, tmp_path / f"study{i}", seed=10 + i) for i in range(2)]
 
         def push(port: int, folder: Path) -> None:
-            result = subprocess.run(
-                [str(STORESCU), "-aec", "TUMORLENS", "+sd", "+r", "127.0.0.1", str(port),
-                 str(folder)],
-                env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, check=False,
-            )  # fmt: skip
+            result = storescu(port, folder, called="TUMORLENS")
             assert result.returncode == 0, result.stderr
 
         pushes = [(ports[0], tmp_path / "shared-study"), (ports[1], tmp_path / "shared-study")]
