@@ -50,12 +50,12 @@ def _slice_type_2d(args: argparse.Namespace) -> Target:
     onnx_path, card = resolve_model("slice_type_2d", ZOO)
     shape = (card.input_channels, card.input_size, card.input_size)
     arch = card.raw.get("architecture", {})
-    members = int(arch.get("members", 1)) if "members" in arch else 0
+    ensemble = "members" in arch  # the card says whether the ONNX file is an ensemble
     # Default: the committed checkpoints the ONNX file was exported from (member 1 is
     # slice_type_2d.pt, member i > 1 slice_type_2d.member<i>.pt).
     checkpoints: list[Path] = args.slice_checkpoint or [
         CHECKPOINTS / ("slice_type_2d.pt" if i == 1 else f"slice_type_2d.member{i}.pt")
-        for i in range(1, max(members, 1) + 1)
+        for i in range(1, int(arch.get("members", 1)) + 1)
     ]
     try:
         from tumorlens_train.nets2d import SliceEnsemble, load_checkpoint
@@ -67,10 +67,8 @@ def _slice_type_2d(args: argparse.Namespace) -> Target:
             card.name, onnx_path, card.input_name, shape, None, f"no checkpoint {missing}"
         )
     nets = [load_checkpoint(str(path))[0] for path in checkpoints]
-    # The card says whether the ONNX file is an ensemble; eager torch runs the same graph.
-    model = (
-        SliceEnsemble(nets, mirror=bool(arch.get("mirror_views", False))) if members else nets[0]
-    )
+    # Eager torch runs the same graph as the ONNX file.
+    model = SliceEnsemble(nets, mirror=bool(arch["mirror_views"])) if ensemble else nets[0]
     return Target(card.name, onnx_path, card.input_name, shape, model)
 
 

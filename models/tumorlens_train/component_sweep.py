@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from tumorlens.inference.preprocess3d import GridSpec, softmax
-from tumorlens.inference.volume_model import drop_small_tumour_components
+from tumorlens.inference.volume_model import drop_small_tumour_components, ml_to_voxels
 from tumorlens_train.nets3d import TYPE_CLASSES, load_checkpoint
 from tumorlens_train.train_volumes import grid_dice
 from tumorlens_train.volumes import load_cached
@@ -47,7 +47,7 @@ def sweep(work_dir: Path, checkpoint: str, thresholds: list[float]) -> dict[str,
             probs.append(softmax(logits.numpy(), axis=0))
     rows = []
     for ml in thresholds:
-        voxels = int(np.ceil(ml * 1000.0 / spacing**3)) if ml > 0 else 0
+        voxels = ml_to_voxels(ml, spacing)
         dices = [
             grid_dice(drop_small_tumour_components(p, voxels).argmax(axis=0), c.labels)
             for p, c in zip(probs, cases, strict=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import platform
-import shutil
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -20,9 +19,15 @@ import onnxruntime as ort
 import torch
 from numpy.typing import NDArray
 
-from tumorlens.evaluation.slices import evaluate_slices
+from tumorlens.evaluation.report import build_report
+from tumorlens.evaluation.slices import (
+    collect_images,
+    evaluate_slices,
+    predict,
+    read_split_names,
+)
 from tumorlens.inference.cam import class_activation_maps
-from tumorlens.inference.card import sha256_file
+from tumorlens.inference.card import load_card, sha256_file
 from tumorlens.inference.preprocess import preprocess_file
 from tumorlens.inference.session import create_session
 from tumorlens_train import slices
@@ -454,7 +459,7 @@ def export_ensemble(
         if mirror and len(nets) > 1:
             variants.append(("members without mirror", SliceEnsemble(nets, mirror=False)))
         card["metrics"]["variants"] = [
-            {"variant": label, **_variant_metrics(model, size, data_dir, split_file, threads)}
+            {"variant": label, **_variant_metrics(model, card_path, data_dir, split_file, threads)}
             for label, model in variants
         ]
         card_path.write_text(json.dumps(card, indent=1) + "\n")
@@ -462,28 +467,29 @@ def export_ensemble(
 
 
 def _variant_metrics(
-    model: SliceModel, size: int, data_dir: Path, split_file: Path, threads: int
+    model: SliceModel, card_path: Path, data_dir: Path, split_file: Path, threads: int
 ) -> dict[str, Any]:
-    """Validation accuracy and per-class sensitivity of ``model`` through the runtime path."""
+    """Validation accuracy and per-class sensitivity of ``model`` (exported to a scratch ONNX
+    file) through the runtime's preprocessing, session and report; ``card_path`` is the
+    shipped card, whose inputs and labels every variant shares."""
+    card = load_card(card_path)
+    images = collect_images(data_dir, card, read_split_names(split_file))
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        shutil.copy(split_file, out / split_file.name)
-        card_path = _export(
-            model,
-            size,
-            {"stages": [], "checkpoint": "variant"},
-            out_dir=out,
-            name=split_file.name.removesuffix(".split.json"),
-            version="variant",
-            data_dir=data_dir,
-            split_file=out / split_file.name,
-            threads=threads,
-        )
-        metrics = json.loads(card_path.read_text())["metrics"]
+        path = Path(tmp) / "variant.onnx"
+        export_onnx(model, path, card.input_size)
+        preds = predict(images, path, card, threads=threads)
+    report = build_report(
+        card,
+        preds.labels,
+        preds.logits,
+        skipped=preds.skipped,
+        inference_seconds=preds.inference_seconds,
+        preprocess_seconds=preds.preprocess_seconds,
+    ).to_dict()
     return {
-        "accuracy": metrics["accuracy"],
-        "sensitivity": {k: v["sensitivity"] for k, v in metrics["per_class"].items()},
-        "ms_per_image": metrics["ms_per_image"],
+        "accuracy": report["accuracy"],
+        "sensitivity": {k: v["sensitivity"] for k, v in report["per_class"].items()},
+        "ms_per_image": report["ms_per_image"],
     }
 
 

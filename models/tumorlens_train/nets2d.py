@@ -144,10 +144,6 @@ class SliceEnsemble(nn.Module):
     def views(self) -> int:
         return len(self.members) * (2 if self.mirror else 1)
 
-    @property
-    def feature_channels(self) -> int:
-        return self.views * int(self.members[0].head.in_features)
-
     def head_weight(self) -> Tensor:
         per_view = [m.head.weight for m in self.members for _ in range(1 + int(self.mirror))]
         return torch.cat(per_view, dim=1) / self.views

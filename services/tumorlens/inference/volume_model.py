@@ -130,7 +130,11 @@ class VolumeModel:
 def min_component_voxels(card: Mapping[str, Any], spacing: float) -> int:
     """The card's ``postprocessing.min_tumour_component_ml`` in model-grid voxels (0: none)."""
     post = card.get("postprocessing") or {}
-    ml = float(post.get("min_tumour_component_ml", 0.0))
+    return ml_to_voxels(float(post.get("min_tumour_component_ml", 0.0)), spacing)
+
+
+def ml_to_voxels(ml: float, spacing: float) -> int:
+    """A component size in mL as whole voxels of a ``spacing`` mm grid, rounded up (0: none)."""
     return math.ceil(ml * 1000.0 / spacing**3) if ml > 0 else 0
 
 
