@@ -21,6 +21,7 @@ from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[attr-defined]
 
+from tests.helpers.raw_association import rejection
 from tests.helpers.synthetic import mr_instance
 from tumorlens import errors
 from tumorlens.assembler.assembler import Assembler
@@ -111,8 +112,8 @@ def test_echo_and_store(scp: Running) -> None:
 
 
 def test_unknown_calling_ae_title_is_rejected(scp: Running) -> None:
-    assoc = associate(scp.port, calling="INTRUDER")
-    assert assoc.is_rejected
+    # rejected-permanent, DICOM UL service-user, calling AE title not recognised (PS3.8 9.3.4)
+    assert rejection(scp.port, calling="INTRUDER") == (1, 1, 3)
     assert all_files(scp.spool_dir) == []
 
 
@@ -258,8 +259,8 @@ def test_association_limit(tmp_path: Path, jobs: JobStore) -> None:
     try:
         first = associate(running.port)
         assert first.is_established
-        second = associate(running.port)
-        assert second.is_rejected
+        # rejected-transient, service-provider (presentation), local limit exceeded
+        assert rejection(running.port, calling="TESTSCU") == (2, 3, 2)
         first.release()
     finally:
         running.listener.stop(drain_timeout=2)

@@ -13,13 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import AE
-from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
-from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[attr-defined]
 
+from tests.helpers.raw_association import associate_rq, rejection
 from tumorlens.config import load_settings
 from tumorlens.listener.receiver import InstanceReceiver
 from tumorlens.listener.scp import Listener
@@ -54,23 +51,6 @@ def listener(tmp_path: Path, jobs: JobStore) -> Iterator[Listener]:
 def connect(port: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=5)
     return sock
-
-
-def associate_rq(called: str = "TUMORLENS") -> bytes:
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = UID("1.2.840.10008.3.1.1.1")
-    primitive.calling_ae_title = "RAWPEER"
-    primitive.called_ae_title = called
-    contexts = [build_context(MRImageStorage, ExplicitVRLittleEndian), build_context(Verification)]
-    for i, cx in enumerate(contexts):
-        cx.context_id = 2 * i + 1
-    primitive.presentation_context_definition_list = contexts
-    max_length = MaximumLengthNotification()
-    max_length.maximum_length_received = 16384
-    primitive.user_information = [max_length]
-    pdu = A_ASSOCIATE_RQ()
-    pdu.from_primitive(primitive)
-    return pdu.encode()
 
 
 def read_pdu_type(sock: socket.socket) -> int | None:
@@ -150,10 +130,9 @@ def test_silent_peer_is_dropped_after_the_acse_timeout(listener: Listener) -> No
 
 
 def test_wrong_called_ae_title_is_rejected(listener: Listener) -> None:
-    sock = connect(listener.port)
-    sock.sendall(associate_rq(called="SOMEONEELSE"))
-    assert read_pdu_type(sock) == 0x03  # A-ASSOCIATE-RJ
-    sock.close()
+    # rejected-permanent, DICOM UL service-user, called AE title not recognised (PS3.8 9.3.4)
+    assert rejection(listener.port, called="SOMEONEELSE") == (1, 1, 7)
+    assert still_serving(listener.port)
 
 
 def test_pdv_for_an_unaccepted_context_aborts(listener: Listener) -> None:
