@@ -38,6 +38,7 @@ from tumorlens_train.phantoms import (
 from tumorlens_train.phantoms.__main__ import main as phantoms_main
 from tumorlens_train.phantoms.acquisition import Acquisition, SliceStack, acquire
 from tumorlens_train.phantoms.command import register
+from tumorlens_train.phantoms.contrast import sample_contrast, soften_lesion_contrast
 from tumorlens_train.phantoms.labels import parse_types
 from tumorlens_train.phantoms.template import SELLA_MNI_MM
 
@@ -230,6 +231,34 @@ def test_tumour_intensities() -> None:
     assert median(lgg, "t1ce", core) < median(lgg, "t1ce", pure(lgg, "wm", 0.9))
 
 
+def test_lesion_conspicuity_softens_only_t2_flair_lesions() -> None:
+    """Same case, subtler non-enhancing tumour: anatomy, labels and every other voxel equal;
+    the LGG core's FLAIR lies between white matter's and the full-contrast value."""
+    full = case("lgg", 0)
+    config = PhantomConfig(spacing=SPACING, lesion_conspicuity=(0.5, 0.5))
+    soft = generate_case(0, "lgg", config)
+    assert soft.metadata["lesion_conspicuity"] == 0.5 and full.metadata["lesion_conspicuity"] == 1
+    assert np.array_equal(soft.seg, full.seg)
+    core = full.seg == Label.CORE
+    far = ~ndi.binary_dilation(full.seg > 0, iterations=4)
+    for seq in SEQUENCES:
+        assert np.allclose(soft.images[seq][far], full.images[seq][far], rtol=1e-5), seq
+    wm = median(full, "flair", pure(full, "wm", 0.9))
+    soft_core, full_core = median(soft, "flair", core), median(full, "flair", core)
+    assert wm < soft_core < full_core
+    # halfway in contrast, give or take texture, noise and the per-case jitter
+    assert 0.35 < (soft_core - wm) / (full_core - wm) < 0.65
+    # an enhancing rim keeps its contrast (only partial volume with the softer oedema around
+    # it moves it, ~2 %), while that oedema's FLAIR drops
+    hgg = case("hgg", 0)
+    hgg_soft = generate_case(0, "hgg", config)
+    rim, oedema = hgg.seg == Label.ENHANCING, hgg.seg == Label.OEDEMA
+    assert median(hgg_soft, "t1ce", rim) == pytest.approx(median(hgg, "t1ce", rim), rel=0.05)
+    assert median(hgg_soft, "flair", oedema) < 0.9 * median(hgg, "flair", oedema)
+    with pytest.raises(ValueError, match="conspicuity"):
+        soften_lesion_contrast(sample_contrast(np.random.default_rng(0)), 1.5)
+
+
 def test_brain_only_is_skull_stripped_and_full_head_is_not() -> None:
     stripped, full = case("meningioma", 1, full_head=False), case("meningioma", 1)
     assert np.array_equal(stripped.seg, full.seg)
@@ -309,6 +338,13 @@ def test_register_adds_phantoms_subcommand(tmp_path: Path) -> None:
     args = parser.parse_args(["phantoms", "--n", "1", "--out", str(tmp_path), "--types", "lgg"])
     assert args.types == (TumourType.LGG,)
     assert args.full_head is True and args.workers == 1 and args.spacing == 2.0
+    assert args.lesion_conspicuity == (1.0, 1.0)
+    flag = ["--lesion-conspicuity", "0.5,0.9"]
+    again = parser.parse_args(["phantoms", "--n", "1", "--out", str(tmp_path), *flag])
+    assert again.lesion_conspicuity == (0.5, 0.9)
+    for bad in ("0.9,0.5", "0.5", "-0.1,1", "a,b"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["phantoms", "--n", "1", "--out", str(tmp_path), flag[0], bad])
     assert callable(args.func)
     with pytest.raises(SystemExit):
         parser.parse_args(["phantoms", "--n", "1", "--out", str(tmp_path), "--types", "glioma"])

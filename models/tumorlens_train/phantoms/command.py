@@ -50,6 +50,16 @@ def _probability(text: str) -> float:
     return value
 
 
+def _conspicuity_range(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH, got {text!r}") from None
+    if not 0.0 <= low <= high <= 1.0:
+        raise argparse.ArgumentTypeError(f"need 0 <= LOW <= HIGH <= 1, got {text!r}")
+    return low, high
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by the subcommand and ``python -m tumorlens_train.phantoms``."""
     parser.add_argument("--n", type=_positive_int, required=True, help="number of cases")
@@ -88,6 +98,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_probability,
         default=PhantomConfig.thick_slice_prob,
         help="chance per sequence of a simulated 2D thick-slice acquisition (default %(default)s)",
+    )
+    parser.add_argument(
+        "--lesion-conspicuity",
+        type=_conspicuity_range,
+        default=PhantomConfig.lesion_conspicuity,
+        metavar="LOW,HIGH",
+        help="per-case conspicuity of non-enhancing tumour and oedema, drawn from U(LOW, HIGH) "
+        "in [0, 1]; lower is subtler (default 1,1: the base contrast, nothing drawn)",
     )
     parser.add_argument(
         "--start", type=int, default=0, help="index of the first case, to extend a dataset"
@@ -132,7 +150,10 @@ def _warm(spacing: float) -> None:
 def run(args: argparse.Namespace) -> int:
     """Generate ``args.n`` cases; returns a process exit status."""
     config = PhantomConfig(
-        spacing=args.spacing, full_head=args.full_head, thick_slice_prob=args.thick_slice_prob
+        spacing=args.spacing,
+        full_head=args.full_head,
+        thick_slice_prob=args.thick_slice_prob,
+        lesion_conspicuity=args.lesion_conspicuity,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     jobs = [

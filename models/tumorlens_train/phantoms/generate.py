@@ -18,7 +18,7 @@ from .anatomy import (
     sample_head_surfaces,
     sample_tissue,
 )
-from .contrast import SEQUENCES, sample_contrast, synthesise
+from .contrast import SEQUENCES, sample_contrast, soften_lesion_contrast, synthesise
 from .fields import FloatArray
 from .head import head_fractions, intracranial_fraction, sample_head
 from .labels import GRADE, Label, TumourType
@@ -36,6 +36,10 @@ class PhantomConfig:
     spacing: float = DEFAULT_SPACING_MM
     full_head: bool = True
     thick_slice_prob: float = 0.25  # chance that a given sequence is a 2D thick-slice stack
+    # Per-case conspicuity of non-enhancing tumour and oedema, drawn from U(low, high): 1 keeps
+    # the base contrast, lower moves their signal towards white matter's (see
+    # contrast.soften_lesion_contrast). (1, 1), the default, draws nothing: same data as before.
+    lesion_conspicuity: tuple[float, float] = (1.0, 1.0)
 
 
 @dataclass
@@ -75,7 +79,9 @@ def generate_case(
     """
     config = config or PhantomConfig()
     seq = np.random.SeedSequence(seed)
-    r_type, r_anat, r_tumour, r_contrast, r_acq = (np.random.default_rng(s) for s in seq.spawn(5))
+    r_type, r_anat, r_tumour, r_contrast, r_acq, r_lesion = (
+        np.random.default_rng(s) for s in seq.spawn(6)
+    )  # a sixth child leaves the first five, and so datasets made before it, unchanged
     ttype = TumourType(tumour_type) if tumour_type else TumourType(r_type.choice(list(TumourType)))
 
     template = load_template(config.spacing)
@@ -104,6 +110,11 @@ def generate_case(
     if config.full_head:
         healthy |= head_fractions(envelope_sd, head_sd, head, grid.spacing, r_anat)
     contrast = sample_contrast(r_contrast)
+    conspicuity = 1.0
+    low, high = config.lesion_conspicuity
+    if (low, high) != (1.0, 1.0):
+        conspicuity = float(r_lesion.uniform(low, high))
+        contrast = soften_lesion_contrast(contrast, conspicuity)
     clean = synthesise(healthy, rendered.compartments, contrast, r_contrast, grid.spacing)
 
     foreground = None
@@ -132,6 +143,7 @@ def generate_case(
         "shape": list(grid.shape),
         "full_head": config.full_head,
         "thick_slice_prob": config.thick_slice_prob,
+        "lesion_conspicuity": round(conspicuity, 4),
         "generator_version": GENERATOR_VERSION,
         "template": "MNI ICBM152 2009a symmetric (nilearn)",
         "deformation": deformation,
