@@ -39,6 +39,14 @@ log = logging.getLogger(__name__)
 
 OPSET = 17
 TOLERANCE = 1e-4
+#: Feature-map outputs: the input of class activation maps, which the runtime divides by their
+#: peak, so their scale is arbitrary (the 3D bottleneck reaches ~30). They are held to
+#: TOLERANCE relative to that scale; logits, on which decisions are made, absolutely.
+FEATURE_OUTPUTS = frozenset({"features", "type_features"})
+TOLERANCE_RULE = (
+    "max |ORT - torch| <= tolerance for logits; <= tolerance x max(1, max |torch|) for "
+    "feature maps (CAM input, normalised by its peak at run time)"
+)
 MAX_BYTES = 50 * 1024 * 1024
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("logits", "features")
@@ -125,9 +133,10 @@ def compare_with_torch(
     output_names: Sequence[str],
     *,
     threads: int = 2,
-) -> tuple[dict[str, float], list[NDArray[Any]]]:
+) -> tuple[dict[str, float], list[NDArray[Any]], dict[str, float]]:
     """Max absolute difference per output between ORT (CPU) and PyTorch eager on ``inputs``,
-    and the ORT outputs (for further checks). Shared by the 2D and 3D exports."""
+    the ORT outputs (for further checks) and max |torch| per output. Shared by the 2D and 3D
+    exports."""
     session = create_session(path, threads=threads, prefer_gpu=False)
     ort_out = [np.asarray(a) for a in session.run(list(output_names), {input_name: inputs})]
     with torch.no_grad():
@@ -136,12 +145,25 @@ def compare_with_torch(
         name: float(np.abs(a - b).max())
         for name, a, b in zip(output_names, ort_out, torch_out, strict=True)
     }
-    return diffs, ort_out
+    peaks = {name: float(np.abs(b).max()) for name, b in zip(output_names, torch_out, strict=True)}
+    return diffs, ort_out, peaks
 
 
-def check_tolerance(diffs: dict[str, float]) -> dict[str, float]:
-    if max(diffs.values()) > TOLERANCE:
-        raise RuntimeError(f"ONNX Runtime differs from PyTorch by {diffs} (> {TOLERANCE})")
+def check_tolerance(
+    diffs: dict[str, float], peaks: dict[str, float] | None = None
+) -> dict[str, float]:
+    """``diffs`` unchanged when they meet :data:`TOLERANCE_RULE`; RuntimeError otherwise."""
+    peaks = peaks or {}
+    over = {
+        name: diff
+        for name, diff in diffs.items()
+        if diff > TOLERANCE * (max(1.0, peaks.get(name, 1.0)) if name in FEATURE_OUTPUTS else 1.0)
+    }
+    if over:
+        raise RuntimeError(
+            f"ONNX Runtime differs from PyTorch by {diffs} (peaks {peaks}; rule: {TOLERANCE_RULE},"
+            f" tolerance {TOLERANCE})"
+        )
     return diffs
 
 
@@ -150,8 +172,10 @@ def verify_onnx(
 ) -> dict[str, float]:
     """Max absolute difference per output between ORT (CPU) and PyTorch; raises above
     :data:`TOLERANCE`."""
-    diffs, _ = compare_with_torch(model, path, inputs, INPUT_NAME, OUTPUT_NAMES, threads=threads)
-    return check_tolerance(diffs)
+    diffs, _, peaks = compare_with_torch(
+        model, path, inputs, INPUT_NAME, OUTPUT_NAMES, threads=threads
+    )
+    return check_tolerance(diffs, peaks)
 
 
 def verify_cam(model: SliceModel, path: Path, inputs: NDArray[np.float32]) -> float:
@@ -516,6 +540,7 @@ def _export(
     real = real_inputs(data_dir, split_file, size)
     verification = {
         "tolerance": TOLERANCE,
+        "tolerance_rule": TOLERANCE_RULE,
         "max_abs_diff_random": verify_onnx(model, onnx_path, random, threads),
         "max_abs_diff_real": verify_onnx(model, onnx_path, real, threads) if len(real) else None,
         "cam_logit_max_abs_diff": verify_cam(model, onnx_path, np.concatenate([random, real])),

@@ -72,6 +72,23 @@ def test_ort_matches_torch_on_random_and_real_slices(tiny: dict[str, Any]) -> No
         assert max(diffs.values()) <= 1e-4, diffs
 
 
+def test_tolerance_is_absolute_for_logits_and_peak_relative_for_feature_maps() -> None:
+    _torch()
+    from tumorlens_train import export
+
+    peaks = {"logits": 20.0, "features": 27.0, "type_features": 27.0}
+    diffs = {"logits": 9e-5, "features": 1.8e-4, "type_features": 2.6e-3}
+    assert export.check_tolerance(diffs, peaks) == diffs  # 2.6e-3 < 1e-4 x 27
+    for bad, bad_peaks in (
+        ({"logits": 1.5e-4}, {"logits": 20.0}),  # logits are never scaled
+        ({"type_features": 1.8e-4}, {"type_features": 0.5}),  # small maps: absolute
+        ({"type_features": 3e-3}, {"type_features": 27.0}),
+        ({"features": 2e-4}, None),  # no peak known: absolute
+    ):
+        with pytest.raises(RuntimeError, match="differs from PyTorch"):
+            export.check_tolerance(bad, bad_peaks)
+
+
 def test_onnx_has_dynamic_batch_and_both_outputs(tiny: dict[str, Any]) -> None:
     session = session_mod.create_session(tiny["path"], threads=1, prefer_gpu=False)
     assert [o.name for o in session.get_outputs()] == ["logits", "features"]
