@@ -170,8 +170,8 @@ def check_tolerance(
 def verify_onnx(
     model: SliceModel, path: Path, inputs: NDArray[np.float32], threads: int = 2
 ) -> dict[str, float]:
-    """Max absolute difference per output between ORT (CPU) and PyTorch; raises above
-    :data:`TOLERANCE`."""
+    """Max absolute difference per output between ORT (CPU) and PyTorch; raises when
+    :data:`TOLERANCE_RULE` is not met."""
     diffs, _, peaks = compare_with_torch(
         model, path, inputs, INPUT_NAME, OUTPUT_NAMES, threads=threads
     )

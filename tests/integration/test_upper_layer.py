@@ -16,7 +16,7 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[attr-defined]
 
-from tests.helpers.raw_association import associate_rq, rejection
+from tests.helpers.raw_association import A_ASSOCIATE_AC_TYPE, associate_rq, rejection
 from tumorlens.config import load_settings
 from tumorlens.listener.receiver import InstanceReceiver
 from tumorlens.listener.scp import Listener
@@ -100,7 +100,7 @@ def command_set(field: int, message_id: int, data_set_type: int = 0x0101) -> byt
 def established(port: int) -> socket.socket:
     sock = connect(port)
     sock.sendall(associate_rq())
-    assert read_pdu_type(sock) == 0x02  # A-ASSOCIATE-AC
+    assert read_pdu_type(sock) == A_ASSOCIATE_AC_TYPE
     return sock
 
 
