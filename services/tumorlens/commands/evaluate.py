@@ -116,6 +116,13 @@ def _register_volumes(kinds: Any) -> None:
         help="comma-separated subset of t1,t1ce,t2,flair to feed (others zero); default all",
     )
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N cases")
+    p.add_argument(
+        "--correct-motion",
+        action="store_true",
+        help="align each case's sequences as the service does (rigid motion correction onto "
+        "the reference sequence) instead of trusting the files' affines; for real data whose "
+        "series moved between acquisitions (BraTS and phantoms are co-registered)",
+    )
     p.set_defaults(func=_run_volumes)
 
 
@@ -132,6 +139,7 @@ def _run_volumes(args: argparse.Namespace) -> int:
         threads=threads,
         sequences=sequences,
         limit=args.limit,
+        correct_motion=args.correct_motion,
     )
     print(volumes.format_volume_table(report))
     if args.json:

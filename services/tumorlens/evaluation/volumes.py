@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 from numpy.typing import NDArray
 
@@ -45,7 +46,8 @@ from tumorlens.inference.preprocess3d import (
 )
 from tumorlens.inference.volume_model import VolumeModel, VolumePrediction
 from tumorlens.pipeline.brain_mask import TEMPLATE_MASK_FILE, BrainMask, extract_brain
-from tumorlens.pipeline.grid import AlignedSequence, AlignedStudy
+from tumorlens.pipeline.grid import AlignedSequence, AlignedStudy, align_sequences
+from tumorlens.pipeline.volumes import SeriesVolume
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +182,37 @@ def aligned_study(images: Mapping[str, tuple[NDArray[Any], Affine]]) -> AlignedS
     )
 
 
+def motion_corrected(
+    images: Mapping[str, tuple[NDArray[Any], Affine]],
+) -> tuple[dict[str, tuple[NDArray[np.float32], Affine]], dict[str, str]]:
+    """The case's sequences aligned as the service aligns a study
+    (:func:`tumorlens.pipeline.grid.align_sequences` with motion correction: onto the
+    reference sequence's grid, each kept rigidly corrected when that raises the match), and
+    the method per sequence.
+
+    For real data whose series moved between acquisitions (TCGA-FG-6692: T1 and FLAIR off
+    T1c); the files' affines alone put such a FLAIR beside the lesion it shows. BraTS and the
+    phantoms are co-registered already, so this is off by default.
+    """
+    volumes = {
+        PIPELINE_NAMES[name]: SeriesVolume(
+            PIPELINE_NAMES[name],
+            name,
+            "one frame of reference",  # files of one case: motion, not registration, is sought
+            nib.Nifti1Image(np.asarray(array, dtype=np.float32), np.asarray(affine)),  # type: ignore[no-untyped-call]
+            (),
+        )
+        for name, (array, affine) in images.items()
+    }
+    study = align_sequences(volumes, correct_motion=True)
+    model_name = {v: k for k, v in PIPELINE_NAMES.items()}
+    aligned = {
+        model_name[name]: (np.asarray(seq.data, dtype=np.float32), study.affine)
+        for name, seq in study.sequences.items()
+    }
+    return aligned, {model_name[name]: seq.method for name, seq in study.sequences.items()}
+
+
 def case_brain(images: Mapping[str, tuple[NDArray[Any], Affine]], models_dir: Path) -> BrainMask:
     """The service's brain extraction (mask + subject<->MNI affines) for one case's arrays;
     ``models_dir`` holds the MNI template."""
@@ -310,9 +343,11 @@ def evaluate_volumes(
     threads: int = 0,
     sequences: Sequence[str] | None = None,
     limit: int = 0,
+    correct_motion: bool = False,
 ) -> tuple[VolumeReport, list[VolumePrediction]]:
     """Run the model over every case under ``root``; ``sequences`` restricts the inputs (to
-    measure a missing-sequence subset)."""
+    measure a missing-sequence subset); ``correct_motion`` aligns each case's sequences as the
+    service does (:func:`motion_corrected`) instead of trusting the files' affines."""
     cases = find_cases(root)
     if not cases:
         raise EvaluationDataError(
@@ -338,6 +373,9 @@ def evaluate_volumes(
                     raise VolumeError(
                         f"{images[name]}: shape {array.shape} differs from the labels {truth.shape}"
                     )
+            if correct_motion:
+                arrays, methods = motion_corrected(arrays)
+                log.info("%s: alignment %s", case.case_id, methods)
             brain_seconds: float | None = None
             if mni:
                 started = time.perf_counter()
