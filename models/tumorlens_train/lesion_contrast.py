@@ -3,9 +3,14 @@ tumour type and label, the 10th / 50th / 90th percentile over cases of the label
 z-score per sequence (the grid's normalisation: z within the brain mask).
 
     python -m tumorlens_train.lesion_contrast out/train/seg3d_v5/cache/train3d_c
+    python -m tumorlens_train.lesion_contrast --case ../shared/data/cases/TCGA-FG-6692 \\
+        [--model models/tumorlens_zoo/tumour3d.json]
 
-Reads a ``seg3d`` run's cache of one dataset (``<work-dir>/cache/<dataset>``). Compare with a
-real lesion to see whether training lesions look like it.
+The first reads a ``seg3d`` run's cache of one dataset (``<work-dir>/cache/<dataset>``). The
+second runs the model on one case's NIfTI files (``t1``/``t1c``/``t2``/``flair`` or BraTS
+names) with the service's alignment (motion correction), brain extraction and preprocessing,
+and reports the mean z per sequence inside the tumour it labels: the real lesion to compare
+the training lesions with.
 """
 
 from __future__ import annotations
@@ -17,10 +22,19 @@ from typing import Any
 
 import numpy as np
 
-from tumorlens.inference.preprocess3d import SEQUENCES
+from tumorlens.evaluation.volumes import case_brain, motion_corrected, template_dir
+from tumorlens.inference.preprocess3d import SEQUENCES, load_nifti, preprocess_arrays
+from tumorlens.inference.volume_model import VolumeModel
 from tumorlens_train.nets3d import TYPE_CLASSES
 
 LABELS = {1: "core", 2: "oedema", 3: "enhancing"}
+#: File stems of one case's sequences: the service's names, then BraTS 2020 and 2023 names.
+STEMS = {
+    "t1": ("t1", "t1n"),
+    "t1ce": ("t1c", "t1ce"),
+    "t2": ("t2", "t2w"),
+    "flair": ("flair", "t2f"),
+}
 
 
 def cache_table(cache: Path, min_voxels: int = 20) -> dict[str, dict[str, Any]]:
@@ -46,10 +60,60 @@ def cache_table(cache: Path, min_voxels: int = 20) -> dict[str, dict[str, Any]]:
     return table
 
 
+def case_table(folder: Path, model: Path) -> dict[str, Any]:
+    """The model's tumour labels on one case, on its grid, and the mean z per sequence inside
+    them (with the 10th and 90th percentile)."""
+    arrays = {}
+    for sequence, stems in STEMS.items():
+        found = [p for stem in stems for p in (folder / f"{stem}.nii.gz", folder / f"{stem}.nii")]
+        path = next((p for p in found if p.is_file()), None)
+        if path is not None:
+            arrays[sequence] = load_nifti(path)
+    if not arrays:
+        raise SystemExit(f"no t1/t1c/t2/flair NIfTI file in {folder}")
+    aligned, methods = motion_corrected(arrays)
+    net = VolumeModel(model, model.parent, threads=2)
+    brain = case_brain(aligned, template_dir(net.path, model.parent))
+    prepared = preprocess_arrays(
+        aligned,
+        net.card.grid,
+        subject_to_mni=brain.subject_to_mni,
+        brain_mask=(brain.mask, brain.affine),
+    )
+    logits = net.session.run(["seg_logits"], {net.card.input_name: prepared.image[None]})[0][0]
+    labels = np.argmax(logits, axis=0)
+    tumour = labels > 0
+    out: dict[str, Any] = {
+        "model": f"{net.card.raw.get('name')} {net.card.raw.get('version')}",
+        "alignment": methods,
+        "grid_voxels": {name: int((labels == value).sum()) for value, name in LABELS.items()},
+    }
+    if tumour.any():
+        for c, sequence in enumerate(SEQUENCES):
+            if sequence in aligned:
+                values = prepared.image[c][tumour]
+                out[sequence] = {
+                    "mean": round(float(values.mean()), 2),
+                    "p10_p90": np.percentile(values, [10, 90]).round(2).tolist(),
+                }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("cache", type=Path, help="a seg3d run's cache folder of one dataset")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("cache", type=Path, nargs="?", help="a seg3d run's cache of one dataset")
+    what.add_argument("--case", type=Path, help="a folder of one case's NIfTI files")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=Path("models/tumorlens_zoo/tumour3d.json"),
+        help="the 3D model's card, for --case (default %(default)s)",
+    )
     args = parser.parse_args(argv)
+    if args.case is not None:
+        print(json.dumps(case_table(args.case, args.model), indent=1))
+        return 0
     if not any(args.cache.glob("grid-*/*.npz")):
         parser.error(f"no cached case (grid-*/*.npz) under {args.cache}")
     print(json.dumps(cache_table(args.cache), indent=1))

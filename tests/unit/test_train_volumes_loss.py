@@ -1,12 +1,10 @@
-"""The 3D training losses against hand-computed values, which step ``best.pt`` keeps, and the
-lesion-contrast table of a training cache."""
+"""The 3D training losses against hand-computed values, and which step ``best.pt`` keeps."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -187,28 +185,3 @@ def test_export_writes_the_post_processing_the_runtime_reads(tmp_path: Path) -> 
     model = VolumeModel(card_path, tmp_path / "zoo", threads=1)
     assert model.card.raw["postprocessing"]["min_tumour_component_ml"] == 1.0
     assert model.min_component_voxels == 2  # 1 mL on an 8 mm grid: 1.95 voxels
-
-
-def test_lesion_contrast_table_reads_a_cache(tmp_path: Path) -> None:
-    """Per type and label, percentiles over cases of the label's mean z; small labels skipped."""
-    from tumorlens_train.lesion_contrast import cache_table, main
-    from tumorlens_train.nets3d import TYPE_CLASSES
-
-    folder = tmp_path / "grid-abc"
-    folder.mkdir()
-    lgg = TYPE_CLASSES.index("lgg")
-    for i, flair in enumerate((1.0, 2.0, 3.0)):
-        image = np.zeros((4, 8, 8, 8), np.float16)
-        labels = np.zeros((8, 8, 8), np.uint8)
-        labels[:4] = 1  # 256 core voxels
-        labels[7, 7, 7] = 2  # one oedema voxel: below the 20-voxel floor
-        image[3][labels == 1] = flair
-        np.savez(folder / f"case{i}.npz", image=image, labels=labels, type_index=lgg, info="{}")
-    table = cache_table(tmp_path)
-    assert list(table) == ["lgg core"]
-    assert table["lgg core"]["cases"] == 3
-    assert table["lgg core"]["flair"] == [1.2, 2.0, 2.8]
-    assert table["lgg core"]["t1"] == [0.0, 0.0, 0.0]
-    assert main([str(tmp_path)]) == 0
-    with pytest.raises(SystemExit):
-        main([str(tmp_path / "empty")])
