@@ -5,8 +5,10 @@ drawn on). Series sharing its Frame of Reference UID (PS3.3 C.7.4.1: one patient
 coordinate system) are resampled by physical coordinates, trilinear, after a check for
 patient motion between series (a rigid fit from the identity, kept only when it fits clearly
 better). Others (a re-positioned patient, another session) get a rigid registration (6 DOF,
-correlation ratio at 4 mm, see :mod:`tumorlens.pipeline.registration`) first. Each sequence
-records its transform and fit.
+correlation ratio at 4 mm, see :mod:`tumorlens.pipeline.registration`) first. Where the
+correlation ratio cannot judge a pair (T2 against T1c: dark T1c is CSF and bone alike, bright
+T2 CSF and fat alike), the fit is redone by normalised mutual information, which needs no
+function from one contrast to the other. Each sequence records its transform and fit.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import numpy.typing as npt
 
 from tumorlens.errors import NoUsableSeriesError
 from tumorlens.pipeline.registration import (
+    CORRELATION_RATIO,
     DEFAULT_RANGE,
+    MUTUAL_INFORMATION,
     Affine,
     FloatArray,
     bin_labels,
@@ -44,11 +48,15 @@ MIN_CORRELATION_RATIO: Final = 0.35
 #: much to be kept, and is sought within 15 mm and 15 degrees.
 MOTION_MIN_GAIN: Final = 0.03
 MOTION_RANGE: Final = (15.0, 15.0, 0.0, 0.0)
+#: The same for a fit by mutual information (normalised MI - 1: about 0.02 for T2 against T1c
+#: at the identity in TCGA-FG-6692, whose T2 moved ~15 mm; see tests/integration).
+MI_MIN_GAIN: Final = 0.015
 REGISTERED: Final = "rigid registration"
 MOTION_CORRECTED: Final = "frame of reference, motion corrected"
 _BINS: Final = 16
 _MIN_OVERLAP: Final = 2000  # 4 mm voxels (128 mL) in common, else use them all
 _POINTS: Final = 8000  # sampled head voxels: enough for 6 parameters
+_COARSE_SPACING_MM: Final = 8.0  # mutual information's first stage
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,10 @@ class AlignedSequence:
     method: str
     correlation_ratio: float | None = None
     warnings: tuple[str, ...] = ()
+    #: What the fit maximised: "correlation ratio" or "mutual information" (then
+    #: ``correlation_ratio`` is None and ``similarity`` holds normalised MI - 1).
+    measure: str = CORRELATION_RATIO
+    similarity: float | None = None
 
 
 @dataclass(frozen=True)
@@ -103,23 +115,89 @@ def _data(volume: SeriesVolume) -> FloatArray:
 @dataclass(frozen=True)
 class _Rigid:
     transform: Affine
-    correlation_ratio: float
-    initial_ratio: float
+    similarity: float  # correlation ratio, or normalised MI - 1
+    initial: float  # the same at the start (identity, or the better start across frames)
+    measure: str = CORRELATION_RATIO
+
+    @property
+    def gain(self) -> float:
+        return self.similarity - self.initial
 
 
 def _rigid(
-    reference: tuple[FloatArray, Affine], series: SeriesVolume, *, same_frame: bool
+    reference: tuple[FloatArray, Affine],
+    series: SeriesVolume,
+    *,
+    same_frame: bool,
+    measure: str = CORRELATION_RATIO,
 ) -> _Rigid | None:
-    """Rigid transform (reference mm -> series mm) by correlation ratio at 4 mm; None when
+    """Rigid transform (reference mm -> series mm) by ``measure`` at 4 mm; None when
     either image shows no head.
 
     The series is the binned (fixed) side and the reference is sampled: the reference is
     T1c, whose dark voxels are CSF and bone alike, while a T2's or FLAIR's classes separate
     them, and the correlation ratio needs the binned image to be the more telling one.
+    Mutual information is fitted at 8 mm first: at 4 mm its basin is narrower than a
+    15 mm, 10 degree movement (a phantom's T2 moved so stayed put from the identity).
     """
     series_iso, series_affine = resample_isotropic(
         _data(series), series.affine, REGISTRATION_SPACING_MM
     )
+    reference_iso, reference_affine = reference
+    if not head_mask(reference_iso).any():
+        return None
+    sampled = _fixed_points(series_iso, series_affine, reference, same_frame=same_frame)
+    if sampled is None:
+        return None
+    points, labels, alternatives = sampled
+    search_range = MOTION_RANGE if same_frame else DEFAULT_RANGE
+    coarse: tuple[Affine, ...] = ()
+    if measure == MUTUAL_INFORMATION:
+        coarse_series = resample_isotropic(_data(series), series.affine, _COARSE_SPACING_MM)
+        coarse_reference = resample_isotropic(reference_iso, reference_affine, _COARSE_SPACING_MM)
+        coarse_sampled = _fixed_points(*coarse_series, coarse_reference, same_frame=same_frame)
+        if coarse_sampled is not None:
+            first = register(
+                coarse_sampled[0],
+                coarse_sampled[1],
+                *coarse_reference,
+                initial=np.eye(4),
+                alternatives=coarse_sampled[2],
+                stages=(6,),
+                search_range=search_range,
+                max_points=_POINTS,
+                measure=measure,
+            )
+            coarse = (first.matrix,)
+    fit = register(
+        points,
+        labels,
+        reference_iso,
+        reference_affine,
+        initial=np.eye(4),
+        alternatives=alternatives + coarse,
+        stages=(6,),
+        search_range=search_range,
+        max_points=_POINTS,
+        measure=measure,
+    )
+    # The gain is judged against the starts the caller knows (identity, centred), not the
+    # coarse fit.
+    starts = fit.start_similarities[: 1 + len(alternatives)]
+    # The fit maps series mm -> reference mm; resampling wants the inverse.
+    transform = np.asarray(np.linalg.inv(fit.matrix), dtype=np.float64)
+    return _Rigid(transform, fit.similarity, max(starts), measure)
+
+
+def _fixed_points(
+    series_iso: FloatArray,
+    series_affine: Affine,
+    reference: tuple[FloatArray, Affine],
+    *,
+    same_frame: bool,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], tuple[Affine, ...]] | None:
+    """The series' head voxels (mm) with their intensity bins, and the extra starts: None
+    when the series shows no head."""
     reference_iso, reference_affine = reference
     inside = head_mask(series_iso)
     reference_head = np.argwhere(head_mask(reference_iso))
@@ -133,7 +211,10 @@ def _rigid(
     voxels = np.linalg.inv(reference_affine) @ np.hstack([points, np.ones((len(points), 1))]).T
     limit = np.asarray(reference_iso.shape)[:, np.newaxis] - 2
     overlap = np.all((voxels[:3] >= 1) & (voxels[:3] <= limit), axis=0)
-    if same_frame and overlap.sum() >= _MIN_OVERLAP:
+    if (
+        same_frame
+        and overlap.sum() >= _MIN_OVERLAP * (REGISTRATION_SPACING_MM / _spacing(series_affine)) ** 3
+    ):
         points, labels = points[overlap], labels[overlap]
     alternatives: tuple[Affine, ...] = ()
     if not same_frame:
@@ -143,20 +224,19 @@ def _rigid(
         centre = reference_affine @ np.append(reference_head.mean(axis=0), 1.0)
         centred[:3, 3] = centre[:3] - points.mean(axis=0)
         alternatives = (centred,)
-    fit = register(
-        points,
-        labels,
-        reference_iso,
-        reference_affine,
-        initial=np.eye(4),
-        alternatives=alternatives,
-        stages=(6,),
-        search_range=MOTION_RANGE if same_frame else DEFAULT_RANGE,
-        max_points=_POINTS,
-    )
-    # The fit maps series mm -> reference mm; resampling wants the inverse.
-    transform = np.asarray(np.linalg.inv(fit.matrix), dtype=np.float64)
-    return _Rigid(transform, fit.correlation_ratio, 1.0 - fit.initial_cost)
+    return points, labels, alternatives
+
+
+def _spacing(affine: Affine) -> float:
+    return float(np.abs(np.linalg.det(affine[:3, :3])) ** (1.0 / 3.0))
+
+
+def _by_mutual_information(
+    reference: tuple[FloatArray, Affine], series: SeriesVolume, *, same_frame: bool
+) -> _Rigid | None:
+    """The fit redone by mutual information, kept when it gains :data:`MI_MIN_GAIN`."""
+    fit = _rigid(reference, series, same_frame=same_frame, measure=MUTUAL_INFORMATION)
+    return fit if fit is not None and fit.gain >= MI_MIN_GAIN else None
 
 
 def _motion(transform: Affine) -> str:
@@ -196,28 +276,59 @@ def align_sequences(
         )
         notes: list[str] = []
         transform, ratio, method = np.eye(4), None, "frame of reference"
+        by_mi: _Rigid | None = None
         if not same_frame or correct_motion:
             fit = _rigid(fixed_iso, volume, same_frame=same_frame)
+            if fit is not None and fit.similarity < MIN_CORRELATION_RATIO:
+                by_mi = _by_mutual_information(fixed_iso, volume, same_frame=same_frame)
             if fit is None:
                 notes.append("no head found to register; assumed aligned")
+            elif by_mi is not None:
+                transform = by_mi.transform
+                method = REGISTERED if not same_frame else MOTION_CORRECTED
+                how = (
+                    f"by mutual information {by_mi.similarity:.3f} (+{by_mi.gain:.3f}; the"
+                    f" correlation ratio, {fit.similarity:.2f}, cannot judge these contrasts)"
+                )
+                notes.append(
+                    f"registered {how}"
+                    if not same_frame
+                    else f"moved against {ref_name} by {_motion(transform)}; corrected {how}"
+                )
             elif not same_frame:
-                transform, ratio, method = fit.transform, fit.correlation_ratio, REGISTERED
+                transform, ratio, method = fit.transform, fit.similarity, REGISTERED
                 if ratio < MIN_CORRELATION_RATIO:
                     notes.append(f"rigid registration fits poorly (correlation ratio {ratio:.2f})")
-            elif fit.correlation_ratio < MIN_CORRELATION_RATIO:
-                ratio = fit.initial_ratio
+            elif fit.similarity < MIN_CORRELATION_RATIO:
+                ratio = fit.initial
                 notes.append(
-                    f"motion check inconclusive (correlation ratio {fit.correlation_ratio:.2f});"
-                    " aligned by the Frame of Reference alone"
+                    f"motion check inconclusive (correlation ratio {fit.similarity:.2f}, mutual"
+                    " information no better); aligned by the Frame of Reference alone"
                 )
-            elif fit.correlation_ratio - fit.initial_ratio >= MOTION_MIN_GAIN:
-                transform, ratio, method = fit.transform, fit.correlation_ratio, MOTION_CORRECTED
+            elif fit.gain >= MOTION_MIN_GAIN:
+                transform, ratio, method = fit.transform, fit.similarity, MOTION_CORRECTED
                 notes.append(f"moved against {ref_name} by {_motion(transform)}; corrected")
             else:
-                ratio = fit.initial_ratio
-            LOG.info("%s onto %s: %s, correlation ratio %s", name, ref_name, method, ratio)
+                ratio = fit.initial
+            LOG.info(
+                "%s onto %s: %s, %s %s",
+                name,
+                ref_name,
+                method,
+                MUTUAL_INFORMATION if by_mi else CORRELATION_RATIO,
+                by_mi.similarity if by_mi else ratio,
+            )
         data = resample(_data(volume), volume.affine, ref.affine, shape, transform=transform)
-        aligned[name] = AlignedSequence(name, data, transform, method, ratio, tuple(notes))
+        aligned[name] = AlignedSequence(
+            name,
+            data,
+            transform,
+            method,
+            ratio,
+            tuple(notes),
+            measure=MUTUAL_INFORMATION if by_mi else CORRELATION_RATIO,
+            similarity=by_mi.similarity if by_mi else ratio,
+        )
         warnings += [f"{name}: {n}" for n in notes]
     ordered: dict[str, AlignedSequence] = {
         s: aligned[s] for s in ("t1", "t1c", "t2", "flair") if s in aligned

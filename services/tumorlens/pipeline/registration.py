@@ -12,6 +12,11 @@ line searches start with small steps (2 mm, 2 degrees, 2 %) and the search range
 penalty, not bounds: with bounds, scipy's Powell searches each line over the whole range and
 jumps to far local minima of noisy costs.
 
+Where one image's classes do not predict the other's (T2 against T1c), the cost can instead be
+normalised mutual information (Studholme et al. 1999): the same fixed bins against the moving
+values binned with linear (partial-volume) weights, so the cost stays smooth for Powell; it asks
+only that the joint histogram be peaked, not that the mapping be a function.
+
 Transforms are 4x4 matrices in RAS millimetres, mapping fixed-space points to moving-space
 points (the direction needed to resample the moving image onto the fixed grid).
 """
@@ -37,19 +42,36 @@ DEFAULT_RANGE: Final = (40.0, 25.0, 30.0, 15.0)
 _STEPS: Final = (2.0, 2.0, 2.0, 1.0)
 
 
+#: Similarity measures :func:`register` offers.
+CORRELATION_RATIO: Final = "correlation ratio"
+MUTUAL_INFORMATION: Final = "mutual information"
+#: Moving-image bins for mutual information (the fixed side brings its own labels).
+_MI_BINS: Final = 24
+
+
 @dataclass(frozen=True)
 class Registration:
     """A fitted transform (fixed mm -> moving mm) and how well it fits."""
 
     matrix: Affine
-    cost: float  # 1 - correlation ratio at the solution (lower is better)
+    cost: float  # 1 - similarity at the solution (lower is better)
     initial_cost: float
     evaluations: int
     seconds: float
+    measure: str = CORRELATION_RATIO
+    #: Similarity at each start, in order: ``initial``, then the ``alternatives``.
+    start_similarities: tuple[float, ...] = ()
+
+    @property
+    def similarity(self) -> float:
+        """Correlation ratio, or normalised mutual information minus 1; both 0 (none) to 1."""
+        return 1.0 - self.cost
 
     @property
     def correlation_ratio(self) -> float:
-        return 1.0 - self.cost
+        if self.measure != CORRELATION_RATIO:
+            raise ValueError(f"this fit was by {self.measure}, not the correlation ratio")
+        return self.similarity
 
 
 def _rotation(degrees: npt.NDArray[np.float64]) -> Affine:
@@ -198,6 +220,48 @@ class _CorrelationRatio:
         return within / total
 
 
+class _MutualInformation(_CorrelationRatio):
+    """2 - normalised mutual information (H(F) + H(M)) / H(F, M) of the fixed labels and the
+    moving values: 0 when one determines the other, 1 when independent."""
+
+    def __init__(
+        self,
+        points: npt.NDArray[np.float64],
+        labels: npt.NDArray[np.int64],
+        moving: FloatArray,
+        moving_affine: Affine,
+    ) -> None:
+        super().__init__(points, labels, moving, moving_affine)
+        values = moving[moving > 0]
+        lo, hi = np.percentile(values, [1.0, 99.5]) if values.size else (0.0, 1.0)
+        self.lo, self.width = float(lo), max(float(hi - lo), 1e-6)
+        p = self.counts[self.counts > 0] / self.counts.sum()
+        self.fixed_entropy = float(-np.sum(p * np.log(p)))
+
+    def __call__(self, matrix: Affine) -> float:
+        self.evaluations += 1
+        voxels = (self.to_voxel @ matrix @ self.points)[:3]
+        y = ndimage.map_coordinates(self.moving, voxels, order=1, mode="nearest")
+        t = np.clip((y - self.lo) / self.width, 0.0, 1.0) * (_MI_BINS - 1)
+        low = np.minimum(np.floor(t).astype(np.int64), _MI_BINS - 2)
+        upper = t - low  # partial-volume weights: the histogram moves smoothly with y
+        cells = self.labels * _MI_BINS + low
+        size = self.n_bins * _MI_BINS
+        counts = np.bincount(cells, weights=1.0 - upper, minlength=size)
+        counts = counts + np.bincount(cells + 1, weights=upper, minlength=size)
+        joint: npt.NDArray[np.float64] = counts.astype(np.float64) / float(counts.sum())
+        marginal = joint.reshape(self.n_bins, _MI_BINS).sum(axis=0)
+        nonzero, used = joint[joint > 0], marginal[marginal > 0]
+        joint_entropy = float(-np.sum(nonzero * np.log(nonzero)))
+        moving_entropy = float(-np.sum(used * np.log(used)))
+        if joint_entropy <= 1e-12:
+            return 1.0
+        return 2.0 - (self.fixed_entropy + moving_entropy) / joint_entropy
+
+
+_MEASURES: Final = {CORRELATION_RATIO: _CorrelationRatio, MUTUAL_INFORMATION: _MutualInformation}
+
+
 def bin_labels(values: npt.NDArray[Any], bins: int) -> npt.NDArray[np.int64]:
     """Quantile bins 0..bins-1 of ``values`` (equal-count bins resist outliers)."""
     edges = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
@@ -229,19 +293,23 @@ def register(
     seed: int = 0,
     max_points: int = 20000,
     search_range: tuple[float, float, float, float] = DEFAULT_RANGE,
+    measure: str = CORRELATION_RATIO,
 ) -> Registration:
     """Fit ``initial`` refined in ``stages`` of 6 (rigid), 7 (+ isotropic scale), 9 (+ scale
     per axis) or 12 (+ shear) parameters so that the moving image at the transformed ``points``
     (fixed mm, (N, 3)) depends best on the fixed ``labels``; ``search_range`` bounds the
     translation (mm), rotation (degrees), scale and shear (percent) around the start: the best
-    of ``initial`` and ``alternatives``."""
+    of ``initial`` and ``alternatives``. ``measure`` is :data:`CORRELATION_RATIO` or
+    :data:`MUTUAL_INFORMATION`."""
+    if measure not in _MEASURES:
+        raise ValueError(f"measure must be one of {', '.join(_MEASURES)}, got {measure!r}")
     if not stages or any(s not in (6, 7, 9, 12) for s in stages):
         raise ValueError(f"stages must be 6, 7, 9 or 12 parameters, got {stages}")
     start = time.perf_counter()
     if len(points) > max_points:
         keep = np.random.default_rng(seed).choice(len(points), max_points, replace=False)
         points, labels = points[keep], labels[keep]
-    cost = _CorrelationRatio(points, labels, moving, moving_affine)
+    cost = _MEASURES[measure](points, labels, moving, moving_affine)
     starts = [np.eye(4) if initial is None else np.asarray(initial, dtype=np.float64)]
     starts += [np.asarray(a, dtype=np.float64) for a in alternatives]
     start_costs = [cost(a) for a in starts]
@@ -283,4 +351,6 @@ def register(
         initial_cost=initial_cost,
         evaluations=cost.evaluations,
         seconds=time.perf_counter() - start,
+        measure=measure,
+        start_similarities=tuple(1.0 - c for c in start_costs),
     )
