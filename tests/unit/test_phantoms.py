@@ -7,6 +7,7 @@ the rules checked here do not depend on the spacing. Skips without the training 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from functools import cache
 from pathlib import Path
@@ -259,6 +260,35 @@ def test_lesion_conspicuity_softens_only_t2_flair_lesions() -> None:
         soften_lesion_contrast(sample_contrast(np.random.default_rng(0)), 1.5)
 
 
+@pytest.mark.parametrize("tumour_type", ["healthy", "meningioma"])
+def test_dural_sinuses_are_enhancing_background_inside_the_dura(tumour_type: str) -> None:
+    """Same case with sinuses: labels equal, images changed only at the sinuses (a few tens
+    of mL along the midline and the occiput, outside any tumour), which enhance like tumour
+    on T1c; without the option nothing is drawn (existing datasets stay as they were)."""
+    config = PhantomConfig(spacing=SPACING, thick_slice_prob=0.0)
+    plain = generate_case(1, tumour_type, config)
+    drawn = generate_case(1, tumour_type, dataclasses.replace(config, dural_sinuses=True))
+    assert plain.metadata["dural_sinuses"] is None
+    assert set(drawn.metadata["dural_sinuses"]) == {"t1ce_gain", "flow_void"}
+    assert np.array_equal(drawn.seg, plain.seg)
+    changed = np.logical_or.reduce(
+        [
+            np.abs(drawn.images[s] - plain.images[s]) > 1e-4 * plain.images[s].max()
+            for s in SEQUENCES
+        ]
+    )
+    ml = changed.sum() * SPACING**3 / 1000.0
+    assert 5.0 < ml < 60.0, ml  # lumen of the SSS and both transverse sinuses, blurred
+    assert not (changed & (plain.seg > 0)).any()
+    world = (plain.affine @ np.vstack([np.argwhere(changed).T, np.ones(int(changed.sum()))]))[:3]
+    # Superior sagittal sinus near the midline, transverse sinuses behind the ears.
+    assert np.median(np.abs(world[0][world[2] > 20])) < 12.0
+    assert (world[1][world[2] < 20] < -40).mean() > 0.9
+    bright = changed & (drawn.images["t1ce"] > plain.images["t1ce"])
+    wm = median(plain, "t1ce", pure(plain, "wm", 0.9))
+    assert np.percentile(drawn.images["t1ce"][bright], 90) > 1.25 * wm
+
+
 def test_brain_only_is_skull_stripped_and_full_head_is_not() -> None:
     stripped, full = case("meningioma", 1, full_head=False), case("meningioma", 1)
     assert np.array_equal(stripped.seg, full.seg)
@@ -338,7 +368,9 @@ def test_register_adds_phantoms_subcommand(tmp_path: Path) -> None:
     args = parser.parse_args(["phantoms", "--n", "1", "--out", str(tmp_path), "--types", "lgg"])
     assert args.types == (TumourType.LGG,)
     assert args.full_head is True and args.workers == 1 and args.spacing == 2.0
-    assert args.lesion_conspicuity == (1.0, 1.0)
+    assert args.lesion_conspicuity == (1.0, 1.0) and args.dural_sinuses is False
+    sinuses = parser.parse_args(["phantoms", "--n", "1", "--out", str(tmp_path), "--dural-sinuses"])
+    assert sinuses.dural_sinuses is True
     flag = ["--lesion-conspicuity", "0.5,0.9"]
     again = parser.parse_args(["phantoms", "--n", "1", "--out", str(tmp_path), *flag])
     assert again.lesion_conspicuity == (0.5, 0.9)

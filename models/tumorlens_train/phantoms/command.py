@@ -108,6 +108,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "in [0, 1]; lower is subtler (default 1,1: the base contrast, nothing drawn)",
     )
     parser.add_argument(
+        "--dural-sinuses",
+        action="store_true",
+        help="draw the superior sagittal and transverse sinuses (enhancing blood, label 0) "
+        "in full-head phantoms; off by default, which keeps existing datasets unchanged",
+    )
+    parser.add_argument(
         "--start", type=int, default=0, help="index of the first case, to extend a dataset"
     )
     parser.add_argument("--workers", type=_positive_int, default=1, help="worker processes")
@@ -154,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
         full_head=args.full_head,
         thick_slice_prob=args.thick_slice_prob,
         lesion_conspicuity=args.lesion_conspicuity,
+        dural_sinuses=args.dural_sinuses,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     jobs = [

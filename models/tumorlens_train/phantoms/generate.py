@@ -22,6 +22,7 @@ from .contrast import SEQUENCES, sample_contrast, soften_lesion_contrast, synthe
 from .fields import FloatArray
 from .head import head_fractions, intracranial_fraction, sample_head
 from .labels import GRADE, Label, TumourType
+from .sinuses import sample_sinuses, sinus_fraction, sinus_signal
 from .template import DEFAULT_SPACING_MM, load_template
 from .tumours import plan_tumour, render_tumour
 
@@ -40,6 +41,9 @@ class PhantomConfig:
     # the base contrast, lower moves their signal towards white matter's (see
     # contrast.soften_lesion_contrast). (1, 1), the default, draws nothing: same data as before.
     lesion_conspicuity: tuple[float, float] = (1.0, 1.0)
+    # Dural venous sinuses (see sinuses.py), full-head phantoms only. Off by default: on,
+    # it changes images near the sinuses and nothing else (labels, other voxels, draws).
+    dural_sinuses: bool = False
 
 
 @dataclass
@@ -79,9 +83,9 @@ def generate_case(
     """
     config = config or PhantomConfig()
     seq = np.random.SeedSequence(seed)
-    r_type, r_anat, r_tumour, r_contrast, r_acq, r_lesion = (
-        np.random.default_rng(s) for s in seq.spawn(6)
-    )  # a sixth child leaves the first five, and so datasets made before it, unchanged
+    r_type, r_anat, r_tumour, r_contrast, r_acq, r_lesion, r_sinus = (
+        np.random.default_rng(s) for s in seq.spawn(7)
+    )  # later children leave the earlier ones, and so datasets made before them, unchanged
     ttype = TumourType(tumour_type) if tumour_type else TumourType(r_type.choice(list(TumourType)))
 
     template = load_template(config.spacing)
@@ -115,6 +119,13 @@ def generate_case(
     if (low, high) != (1.0, 1.0):
         conspicuity = float(r_lesion.uniform(low, high))
         contrast = soften_lesion_contrast(contrast, conspicuity)
+    sinuses: dict[str, float] | None = None
+    if config.dural_sinuses and config.full_head:
+        sinuses = sample_sinuses(r_sinus)
+        # Blood, not tumour: where a tumour lies the tumour is drawn (synthesise replaces it).
+        sinus = sinus_fraction(atlas, envelope_sd, head["dura_offset_mm"], grid.spacing)
+        healthy = {name: f * (1.0 - sinus) for name, f in healthy.items()} | {"sinus": sinus}
+        contrast = contrast | {"sinus": sinus_signal(sinuses)}
     clean = synthesise(healthy, rendered.compartments, contrast, r_contrast, grid.spacing)
 
     foreground = None
@@ -144,6 +155,7 @@ def generate_case(
         "full_head": config.full_head,
         "thick_slice_prob": config.thick_slice_prob,
         "lesion_conspicuity": round(conspicuity, 4),
+        "dural_sinuses": None if sinuses is None else {k: round(v, 3) for k, v in sinuses.items()},
         "generator_version": GENERATOR_VERSION,
         "template": "MNI ICBM152 2009a symmetric (nilearn)",
         "deformation": deformation,
