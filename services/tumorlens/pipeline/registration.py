@@ -202,14 +202,22 @@ class _CorrelationRatio:
         self.moving = moving
         self.to_voxel = np.linalg.inv(moving_affine)
         self.evaluations = 0
+        self._prepare()
 
-    def __call__(self, matrix: Affine) -> float:
+    def _prepare(self) -> None:
+        """What a subclass precomputes from the fixed labels and the moving image."""
+
+    def _sample(self, matrix: Affine) -> npt.NDArray[np.float64]:
+        """The moving image at the transformed fixed points (one cost evaluation)."""
         self.evaluations += 1
         voxels = (self.to_voxel @ matrix @ self.points)[:3]
         # Points beyond a cut field of view take the nearest edge value, not air: a brain cut
         # by the last slice must not pull the fit away from the edge.
         y = ndimage.map_coordinates(self.moving, voxels, order=1, mode="nearest")
-        y = y.astype(np.float64)
+        return np.asarray(y, dtype=np.float64)
+
+    def __call__(self, matrix: Affine) -> float:
+        y = self._sample(matrix)
         total = float(np.dot(y, y) - y.sum() ** 2 / y.size)
         if total <= 1e-9 * y.size:
             return 1.0
@@ -224,24 +232,15 @@ class _MutualInformation(_CorrelationRatio):
     """2 - normalised mutual information (H(F) + H(M)) / H(F, M) of the fixed labels and the
     moving values: 0 when one determines the other, 1 when independent."""
 
-    def __init__(
-        self,
-        points: npt.NDArray[np.float64],
-        labels: npt.NDArray[np.int64],
-        moving: FloatArray,
-        moving_affine: Affine,
-    ) -> None:
-        super().__init__(points, labels, moving, moving_affine)
-        values = moving[moving > 0]
+    def _prepare(self) -> None:
+        values = self.moving[self.moving > 0]
         lo, hi = np.percentile(values, [1.0, 99.5]) if values.size else (0.0, 1.0)
         self.lo, self.width = float(lo), max(float(hi - lo), 1e-6)
         p = self.counts[self.counts > 0] / self.counts.sum()
         self.fixed_entropy = float(-np.sum(p * np.log(p)))
 
     def __call__(self, matrix: Affine) -> float:
-        self.evaluations += 1
-        voxels = (self.to_voxel @ matrix @ self.points)[:3]
-        y = ndimage.map_coordinates(self.moving, voxels, order=1, mode="nearest")
+        y = self._sample(matrix)
         t = np.clip((y - self.lo) / self.width, 0.0, 1.0) * (_MI_BINS - 1)
         low = np.minimum(np.floor(t).astype(np.int64), _MI_BINS - 2)
         upper = t - low  # partial-volume weights: the histogram moves smoothly with y
