@@ -125,15 +125,34 @@ class _Rigid:
         return self.similarity - self.initial
 
 
-def _rigid(
-    reference: tuple[FloatArray, Affine],
-    series: SeriesVolume,
-    *,
-    same_frame: bool,
-    measure: str = CORRELATION_RATIO,
-) -> _Rigid | None:
-    """Rigid transform (reference mm -> series mm) by ``measure`` at 4 mm; None when
-    either image shows no head.
+_Sampled = tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], tuple[Affine, ...]]
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """A series and the reference, sampled once for every fit between them."""
+
+    reference: tuple[FloatArray, Affine]  # at REGISTRATION_SPACING_MM
+    series: SeriesVolume
+    same_frame: bool
+    fixed: _Sampled  # the series' head points, their bins, the extra starts
+
+    @property
+    def search_range(self) -> tuple[float, float, float, float]:
+        return MOTION_RANGE if self.same_frame else DEFAULT_RANGE
+
+
+def _pair(
+    reference: tuple[FloatArray, Affine], series: SeriesVolume, *, same_frame: bool
+) -> _Pair | None:
+    """The pair at 4 mm; None when either image shows no head."""
+    series_iso = resample_isotropic(_data(series), series.affine, REGISTRATION_SPACING_MM)
+    fixed = _fixed_points(*series_iso, reference, same_frame=same_frame)
+    return None if fixed is None else _Pair(reference, series, same_frame, fixed)
+
+
+def _rigid(pair: _Pair, measure: str = CORRELATION_RATIO) -> _Rigid:
+    """Rigid transform (reference mm -> series mm) by ``measure`` at 4 mm.
 
     The series is the binned (fixed) side and the reference is sampled: the reference is
     T1c, whose dark voxels are CSF and bone alike, while a T2's or FLAIR's classes separate
@@ -141,31 +160,22 @@ def _rigid(
     Mutual information is fitted at 8 mm first: at 4 mm its basin is narrower than a
     15 mm, 10 degree movement (a phantom's T2 moved so stayed put from the identity).
     """
-    series_iso, series_affine = resample_isotropic(
-        _data(series), series.affine, REGISTRATION_SPACING_MM
-    )
-    reference_iso, reference_affine = reference
-    if not head_mask(reference_iso).any():
-        return None
-    sampled = _fixed_points(series_iso, series_affine, reference, same_frame=same_frame)
-    if sampled is None:
-        return None
-    points, labels, alternatives = sampled
-    search_range = MOTION_RANGE if same_frame else DEFAULT_RANGE
+    points, labels, alternatives = pair.fixed
     coarse: tuple[Affine, ...] = ()
     if measure == MUTUAL_INFORMATION:
+        series = pair.series
         coarse_series = resample_isotropic(_data(series), series.affine, _COARSE_SPACING_MM)
-        coarse_reference = resample_isotropic(reference_iso, reference_affine, _COARSE_SPACING_MM)
-        coarse_sampled = _fixed_points(*coarse_series, coarse_reference, same_frame=same_frame)
-        if coarse_sampled is not None:
+        coarse_reference = resample_isotropic(*pair.reference, _COARSE_SPACING_MM)
+        sampled = _fixed_points(*coarse_series, coarse_reference, same_frame=pair.same_frame)
+        if sampled is not None:
             first = register(
-                coarse_sampled[0],
-                coarse_sampled[1],
+                sampled[0],
+                sampled[1],
                 *coarse_reference,
                 initial=np.eye(4),
-                alternatives=coarse_sampled[2],
+                alternatives=sampled[2],
                 stages=(6,),
-                search_range=search_range,
+                search_range=pair.search_range,
                 max_points=_POINTS,
                 measure=measure,
             )
@@ -173,12 +183,11 @@ def _rigid(
     fit = register(
         points,
         labels,
-        reference_iso,
-        reference_affine,
+        *pair.reference,
         initial=np.eye(4),
         alternatives=alternatives + coarse,
         stages=(6,),
-        search_range=search_range,
+        search_range=pair.search_range,
         max_points=_POINTS,
         measure=measure,
     )
@@ -196,9 +205,9 @@ def _fixed_points(
     reference: tuple[FloatArray, Affine],
     *,
     same_frame: bool,
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], tuple[Affine, ...]] | None:
+) -> _Sampled | None:
     """The series' head voxels (mm) with their intensity bins, and the extra starts: None
-    when the series shows no head."""
+    when either image shows no head."""
     reference_iso, reference_affine = reference
     inside = head_mask(series_iso)
     reference_head = np.argwhere(head_mask(reference_iso))
@@ -230,14 +239,6 @@ def _fixed_points(
 
 def _spacing(affine: Affine) -> float:
     return float(np.abs(np.linalg.det(affine[:3, :3])) ** (1.0 / 3.0))
-
-
-def _by_mutual_information(
-    reference: tuple[FloatArray, Affine], series: SeriesVolume, *, same_frame: bool
-) -> _Rigid | None:
-    """The fit redone by mutual information, kept when it gains :data:`MI_MIN_GAIN`."""
-    fit = _rigid(reference, series, same_frame=same_frame, measure=MUTUAL_INFORMATION)
-    return fit if fit is not None and fit.gain >= MI_MIN_GAIN else None
 
 
 def _motion(transform: Affine) -> str:
@@ -279,9 +280,13 @@ def align_sequences(
         transform, ratio, method = np.eye(4), None, "frame of reference"
         by_mi: _Rigid | None = None
         if not same_frame or correct_motion:
-            fit = _rigid(fixed_iso, volume, same_frame=same_frame)
-            if fit is not None and fit.similarity < MIN_CORRELATION_RATIO:
-                by_mi = _by_mutual_information(fixed_iso, volume, same_frame=same_frame)
+            pair = _pair(fixed_iso, volume, same_frame=same_frame)
+            fit = None if pair is None else _rigid(pair)
+            if pair is not None and fit is not None and fit.similarity < MIN_CORRELATION_RATIO:
+                # The correlation ratio cannot judge this pair: redone by mutual information
+                # on the same points, kept only when it clearly fits better than the start.
+                redone = _rigid(pair, MUTUAL_INFORMATION)
+                by_mi = redone if redone.gain >= MI_MIN_GAIN else None
             if fit is None:
                 notes.append("no head found to register; assumed aligned")
             elif by_mi is not None:
