@@ -60,6 +60,12 @@ def test_result_json_says_what_was_used_found_and_how_long_it_took(
     assert result["volumes_ml"]["whole_tumour"] == pytest.approx(
         sum(result["volumes_ml"][k] for k in ("core", "oedema", "enhancing")), abs=0.01
     )
+    lesions = result["lesions"]
+    assert len(lesions) == result["lesion_count"] >= 1
+    assert sum(x["volumes_ml"]["whole_tumour"] for x in lesions) == pytest.approx(
+        result["volumes_ml"]["whole_tumour"], abs=0.01
+    )
+    assert all(1 <= x["slices"][0] <= x["slices"][1] <= 26 for x in lesions)
     types = result["tumour_type"]["probabilities"]
     assert sum(types.values()) == pytest.approx(1.0, abs=1e-3)
     assert 0.0 <= result["grade"]["hgg_probability"] <= 1.0

@@ -82,6 +82,27 @@ def test_two_lesions_either_side_are_bilateral_and_midline_ones_midline() -> Non
     assert measure(straddling, AFFINE, None).side is Side.BILATERAL
 
 
+def test_each_lesion_is_measured_largest_first() -> None:
+    shape = (40, 40, 40)
+    labels = np.zeros(shape, np.uint8)
+    small = ball(shape, (8, 20, 10), 2)
+    large = ball(shape, (30, 20, 28), 4)
+    labels[small] = 3
+    labels[large] = 2
+    labels[ball(shape, (30, 20, 28), 2)] = 1
+    m = measure(labels, AFFINE, None)
+    assert m.lesion_count == len(m.lesions) == 2
+    first, second = m.lesions
+    assert first.whole_tumour_ml == pytest.approx(large.sum() * 0.008)
+    assert first.volumes_ml[1] == pytest.approx(ball(shape, (30, 20, 28), 2).sum() * 0.008)
+    assert set(first.volumes_ml) == {1, 2} and set(second.volumes_ml) == {3}
+    assert (first.side, second.side) == (Side.RIGHT, Side.LEFT)
+    assert first.slices == (28 - 4 + 1, 28 + 4 + 1)  # grid slices counted from 1
+    assert second.slices == (10 - 2 + 1, 10 + 2 + 1)
+    assert first.centroid_lps == pytest.approx((-20.0, 0.0, 16.0))
+    assert sum(lesion.whole_tumour_ml for lesion in m.lesions) == pytest.approx(m.whole_tumour_ml)
+
+
 def test_no_tumour_measures_nothing() -> None:
     m = measure(np.zeros((8, 8, 8), np.uint8), AFFINE, None)
     assert (m.volumes_ml, m.lesion_count, m.centroid_lps) == ({}, 0, None)

@@ -300,6 +300,18 @@ def _result(
             "whole_tumour": round(m.whole_tumour_ml, 3),
         },
         "lesion_count": m.lesion_count,
+        "lesions": [
+            {
+                "volumes_ml": {
+                    **{names[k]: round(lesion.volumes_ml.get(k, 0.0), 3) for k in (1, 2, 3)},
+                    "whole_tumour": round(lesion.whole_tumour_ml, 3),
+                },
+                "side": lesion.side.value,
+                "centroid_lps_mm": list(lesion.centroid_lps),
+                "slices": list(lesion.slices),
+            }
+            for lesion in m.lesions
+        ],
         "side": m.side.value if m.lesion_count else None,
         "centroid_lps_mm": list(m.centroid_lps) if m.centroid_lps else None,
         "grade": {

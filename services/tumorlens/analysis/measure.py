@@ -18,7 +18,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from tumorlens.pipeline.grid import voxel_volume_ml
-from tumorlens.writers.findings import Measurements, Side
+from tumorlens.writers.findings import Lesion, Measurements, Side
 
 BRAIN_MARGIN_MM: Final = 8.0
 # A lesion with more than ONE_SIDE_SHARE of its volume on one side of the mid-sagittal plane
@@ -104,8 +104,32 @@ def _side(x: npt.NDArray[np.float64]) -> Side:
     return Side.BILATERAL
 
 
+def _centroid_lps(ras: npt.NDArray[np.float64]) -> tuple[float, float, float]:
+    """Mean of RAS points as LPS patient coordinates (mm), to 0.01 mm."""
+    lps = LPS_FROM_RAS @ ras.mean(axis=0)
+    return (round(float(lps[0]), 2), round(float(lps[1]), 2), round(float(lps[2]), 2))
+
+
+def _lesion(
+    values: LabelVolume,
+    index: npt.NDArray[np.float64],
+    ras: npt.NDArray[np.float64],
+    x: npt.NDArray[np.float64],
+    voxel_ml: float,
+) -> Lesion:
+    """One component from its voxels' labels, grid indices, RAS mm and mid-plane distances."""
+    counts = np.bincount(values, minlength=4)
+    return Lesion(
+        volumes_ml={k: float(counts[k]) * voxel_ml for k in (1, 2, 3) if counts[k]},
+        side=_side(x),
+        centroid_lps=_centroid_lps(ras),
+        slices=(int(index[:, 2].min()) + 1, int(index[:, 2].max()) + 1),
+    )
+
+
 def measure(labels: LabelVolume, affine: Affine, subject_to_mni: Affine | None) -> Measurements:
-    """Volumes per label, lesion count, side and centroid of a cleaned label map."""
+    """Volumes per label, lesion count, side and centroid of a cleaned label map, and the same
+    per lesion (26-connected component), largest first."""
     voxel_ml = voxel_volume_ml(affine)
     counts = np.bincount(labels.ravel(), minlength=4)
     volumes = {k: float(counts[k]) * voxel_ml for k in (1, 2, 3) if counts[k]}
@@ -115,8 +139,6 @@ def measure(labels: LabelVolume, affine: Affine, subject_to_mni: Affine | None) 
     components, lesions = ndimage.label(tumour, structure=_structure())
     idx = np.argwhere(tumour).astype(np.float64)
     ras = idx @ affine[:3, :3].T + affine[:3, 3]
-    centroid_ras = ras.mean(axis=0)
-    centroid_lps = LPS_FROM_RAS @ centroid_ras
     # Right (+x in RAS and MNI) or left of the mid-sagittal plane: in MNI space when the brain
     # was placed there (a turned head has no mid-sagittal plane at x = 0), else scanner RAS.
     if subject_to_mni is not None:
@@ -124,7 +146,12 @@ def measure(labels: LabelVolume, affine: Affine, subject_to_mni: Affine | None) 
     else:
         x = ras[:, 0]
     ids = components[tumour]
-    sides = {_side(x[ids == k]) for k in range(1, lesions + 1)}
+    values = labels[tumour]
+    per_lesion = [
+        _lesion(values[ids == k], idx[ids == k], ras[ids == k], x[ids == k], voxel_ml)
+        for k in range(1, lesions + 1)
+    ]
+    sides = {lesion.side for lesion in per_lesion}
     lateral = sides & {Side.LEFT, Side.RIGHT}
     if Side.BILATERAL in sides or len(lateral) == 2:
         side = Side.BILATERAL
@@ -135,10 +162,7 @@ def measure(labels: LabelVolume, affine: Affine, subject_to_mni: Affine | None) 
     return Measurements(
         volumes_ml=volumes,
         lesion_count=int(lesions),
+        lesions=tuple(sorted(per_lesion, key=lambda lesion: -lesion.whole_tumour_ml)),
         side=side,
-        centroid_lps=(
-            round(float(centroid_lps[0]), 2),
-            round(float(centroid_lps[1]), 2),
-            round(float(centroid_lps[2]), 2),
-        ),
+        centroid_lps=_centroid_lps(ras),
     )

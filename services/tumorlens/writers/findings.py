@@ -110,6 +110,20 @@ class TypeProbability:
 
 
 @dataclass(frozen=True)
+class Lesion:
+    """One connected component of the whole tumour."""
+
+    volumes_ml: dict[int, float]  # BraTS label -> volume in mL (present labels only)
+    side: Side
+    centroid_lps: tuple[float, float, float]  # patient coordinates (mm)
+    slices: tuple[int, int]  # first and last slice of the reference series holding it, from 1
+
+    @property
+    def whole_tumour_ml(self) -> float:
+        return float(sum(self.volumes_ml.values()))
+
+
+@dataclass(frozen=True)
 class Measurements:
     """Per-region measurements made on the label map, in the reference series' space."""
 
@@ -117,6 +131,7 @@ class Measurements:
     lesion_count: int
     side: Side
     centroid_lps: tuple[float, float, float] | None  # whole tumour, patient coordinates (mm)
+    lesions: tuple[Lesion, ...] = ()  # largest first
 
     @property
     def whole_tumour_ml(self) -> float:
