@@ -101,6 +101,13 @@ def register(subparsers: Any) -> None:
         "background at run time (choose it on validation cases: python -m "
         "tumorlens_train.component_sweep)",
     )
+    p.add_argument(
+        "--min-enhancing-ml",
+        type=float,
+        default=0.0,
+        help="card post-processing: a study whose enhancing tumour is smaller than this (mL) "
+        "in total has it relabelled as tumour core at run time (chosen the same way)",
+    )
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for training")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=1, help="processes preparing the cache")
@@ -199,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
         heldout_subsets=[tuple(v.split(",")) for v in args.heldout_subset],
         threads=args.threads,
         min_component_ml=args.min_component_ml,
+        min_enhancing_ml=args.min_enhancing_ml,
     )
     log.info("wrote %s", card)
     return 0

@@ -1,13 +1,17 @@
-"""Choose the card's ``min_tumour_component_ml`` on the validation cases of a 3D training run.
+"""Choose the card's post-processing thresholds on cases the model was not trained on.
 
     python -m tumorlens_train.component_sweep --work-dir out/train/seg3d_v4 \\
-        [--checkpoint best.pt] [--thresholds 0,0.05,0.1,0.2,0.3,0.5]
+        [--checkpoint best.pt] [--thresholds 0,0.05,0.1,0.2,0.3,0.5] \\
+        [--enhancing-thresholds 0,0.1,0.5] [--data out/phantoms/tune3d_s]
 
 Runs the checkpoint (torch) on the run's validation cases (``training.data.validation_cases``,
-from the run's cache, on the model grid), applies the runtime's
-:func:`~tumorlens.inference.volume_model.drop_small_tumour_components` at each threshold and
-prints mean Dice WT/TC/ET (a healthy case scores 1 with no tumour voxel, else 0). The held-out
-set plays no part: it measures the threshold chosen here.
+from the run's cache, on the model grid), or with ``--data`` on every case of a separate
+tuning set (cached under WORK_DIR/tuning_cache), applies the runtime's
+:func:`~tumorlens.inference.volume_model.drop_small_tumour_components` and
+:func:`~tumorlens.inference.volume_model.merge_small_enhancement` at each pair of thresholds
+and prints mean Dice WT/TC/ET (a region absent from both truth and prediction scores 1, so a
+healthy case scores 1 with no tumour voxel, else 0). The held-out set plays no part: it
+measures the thresholds chosen here.
 """
 
 from __future__ import annotations
@@ -15,17 +19,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from tumorlens.inference.preprocess3d import GridSpec, softmax
-from tumorlens.inference.volume_model import drop_small_tumour_components, ml_to_voxels
+from tumorlens.inference.volume_model import (
+    drop_small_tumour_components,
+    merge_small_enhancement,
+    ml_to_voxels,
+)
 from tumorlens_train.nets3d import TYPE_CLASSES, load_checkpoint
 from tumorlens_train.train_volumes import grid_dice
-from tumorlens_train.volumes import load_cached
+from tumorlens_train.volumes import build_cache, load_cached
 
 
 def validation_paths(work_dir: Path, case_ids: list[str]) -> list[Path]:
@@ -36,38 +46,67 @@ def validation_paths(work_dir: Path, case_ids: list[str]) -> list[Path]:
     return [found[c] for c in case_ids]
 
 
-def sweep(work_dir: Path, checkpoint: str, thresholds: list[float]) -> dict[str, Any]:
+def sweep(
+    work_dir: Path,
+    checkpoint: str,
+    thresholds: Sequence[float],
+    enhancing_thresholds: Sequence[float] = (0.0,),
+    *,
+    data: Path | None = None,
+    workers: int = 1,
+) -> dict[str, Any]:
     model, ckpt = load_checkpoint(str(work_dir / checkpoint))
-    spacing = GridSpec.from_dict(ckpt["train"]["grid"]).spacing
-    cases = load_cached(validation_paths(work_dir, ckpt["train"]["data"]["validation_cases"]))
+    grid = GridSpec.from_dict(ckpt["train"]["grid"])
+    if data is None:
+        paths = validation_paths(work_dir, ckpt["train"]["data"]["validation_cases"])
+    else:
+        # Not under WORK_DIR/cache: the training folders' cases share these case ids.
+        paths = build_cache(data, work_dir / "tuning_cache" / data.name, grid, workers)
+    cases = load_cached(paths)
     probs = []
     with torch.no_grad():
-        for case in cases:
+        for case in tqdm(cases, desc="predict"):
             logits = model(torch.from_numpy(case.image.astype(np.float32))[None])[0][0]
             probs.append(softmax(logits.numpy(), axis=0))
     rows = []
     for ml in thresholds:
-        voxels = ml_to_voxels(ml, spacing)
-        dices = [
-            grid_dice(drop_small_tumour_components(p, voxels).argmax(axis=0), c.labels)
-            for p, c in zip(probs, cases, strict=True)
-        ]
-        healthy = [
-            d["WT"]
-            for d, c in zip(dices, cases, strict=True)
-            if TYPE_CLASSES[c.type_index] == "healthy"
-        ]
-        row = {"min_tumour_component_ml": ml, "voxels": voxels}
-        row |= {k: round(float(np.mean([d[k] for d in dices])), 4) for k in ("WT", "TC", "ET")}
-        row["score"] = round((row["WT"] + row["TC"] + row["ET"]) / 3, 4)
-        row["healthy_clean"] = f"{int(sum(healthy))}/{len(healthy)}"
-        rows.append(row)
-    best = max(rows, key=lambda r: (r["score"], -r["min_tumour_component_ml"]))
+        voxels = ml_to_voxels(ml, grid.spacing)
+        kept = [drop_small_tumour_components(p, voxels) if voxels > 1 else p for p in probs]
+        for et_ml in enhancing_thresholds:
+            et_voxels = ml_to_voxels(et_ml, grid.spacing)
+            dices = [
+                grid_dice(
+                    (merge_small_enhancement(p, et_voxels) if et_voxels else p).argmax(axis=0),
+                    c.labels,
+                )
+                for p, c in zip(kept, cases, strict=True)
+            ]
+            healthy = [
+                d["WT"]
+                for d, c in zip(dices, cases, strict=True)
+                if TYPE_CLASSES[c.type_index] == "healthy"
+            ]
+            row: dict[str, Any] = {
+                "min_tumour_component_ml": ml,
+                "min_enhancing_ml": et_ml,
+                "voxels": voxels,
+                "enhancing_voxels": et_voxels,
+            }
+            row |= {k: round(float(np.mean([d[k] for d in dices])), 4) for k in ("WT", "TC", "ET")}
+            row["score"] = round((row["WT"] + row["TC"] + row["ET"]) / 3, 4)
+            row["healthy_clean"] = f"{int(sum(healthy))}/{len(healthy)}"
+            rows.append(row)
+    best = max(
+        rows,
+        key=lambda r: (r["score"], -r["min_enhancing_ml"], -r["min_tumour_component_ml"]),
+    )
     return {
         "checkpoint": str(work_dir / checkpoint),
+        "cases": str(data) if data is not None else "validation cases of the run",
         "n_cases": len(cases),
         "rows": rows,
         "chosen": best["min_tumour_component_ml"],
+        "chosen_enhancing": best["min_enhancing_ml"],
     }
 
 
@@ -76,13 +115,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, required=True)
     parser.add_argument("--checkpoint", default="best.pt")
     parser.add_argument("--thresholds", default="0,0.05,0.1,0.2,0.3,0.5")
+    parser.add_argument("--enhancing-thresholds", default="0")
+    parser.add_argument("--data", type=Path, help="tuning set (BraTS layout) instead")
+    parser.add_argument("--workers", type=int, default=1, help="processes preparing --data")
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    result = sweep(args.work_dir, args.checkpoint, [float(v) for v in args.thresholds.split(",")])
+    result = sweep(
+        args.work_dir,
+        args.checkpoint,
+        [float(v) for v in args.thresholds.split(",")],
+        [float(v) for v in args.enhancing_thresholds.split(",")],
+        data=args.data,
+        workers=args.workers,
+    )
     for row in result["rows"]:
         print(json.dumps(row))
-    print(f"chosen (best mean Dice, smallest on ties): {result['chosen']} mL")
+    print(
+        "chosen (best mean Dice; smallest on ties, enhancing first): "
+        f"min_tumour_component_ml {result['chosen']}, "
+        f"min_enhancing_ml {result['chosen_enhancing']}"
+    )
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     return 0

@@ -342,6 +342,32 @@ def build_card(
     }
 
 
+def postprocessing_entry(min_component_ml: float, min_enhancing_ml: float) -> dict[str, Any]:
+    """The card's ``postprocessing`` block (empty when neither step is on)."""
+    post: dict[str, Any] = {}
+    rules = []
+    if min_component_ml > 0:
+        post["min_tumour_component_ml"] = min_component_ml
+        rules.append(
+            "tumour components (argmax not background, 26-connected) smaller than "
+            "min_tumour_component_ml become background "
+            "(tumorlens.inference.volume_model.drop_small_tumour_components)"
+        )
+    if min_enhancing_ml > 0:
+        post["min_enhancing_ml"] = min_enhancing_ml
+        rules.append(
+            "then, when all enhancing tumour together is smaller than min_enhancing_ml, it is "
+            "relabelled as tumour core (tumorlens.inference.volume_model.merge_small_enhancement)"
+        )
+    if rules:
+        post["rule"] = (
+            "on the model grid, before resampling to the study: "
+            + "; ".join(rules)
+            + "; the held-out metrics below include it"
+        )
+    return post
+
+
 def export_checkpoint(
     *,
     checkpoint: Path,
@@ -353,6 +379,7 @@ def export_checkpoint(
     threads: int = 2,
     verify_real: NDArray[np.float32] | None = None,
     min_component_ml: float = 0.0,
+    min_enhancing_ml: float = 0.0,
 ) -> Path:
     """``best.pt`` -> ``<out>/<name>.onnx`` + ``<out>/<name>.json``; returns the card path.
 
@@ -385,14 +412,9 @@ def export_checkpoint(
         ckpt=ckpt,
         verification=verification,
     )
-    if min_component_ml > 0:
-        card["postprocessing"] = {
-            "min_tumour_component_ml": min_component_ml,
-            "rule": "on the model grid, tumour components (argmax not background, "
-            "26-connected) smaller than this become background before resampling to the "
-            "study (tumorlens.inference.volume_model.drop_small_tumour_components); the "
-            "held-out metrics below include it",
-        }
+    post = postprocessing_entry(min_component_ml, min_enhancing_ml)
+    if post:
+        card["postprocessing"] = post
     card_path.write_text(json.dumps(card, indent=1) + "\n")
     if heldout is not None and heldout.is_dir():
         from tumorlens.evaluation.volumes import evaluate_volumes

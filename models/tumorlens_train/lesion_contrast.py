@@ -9,8 +9,9 @@ z-score per sequence (the grid's normalisation: z within the brain mask).
 The first reads a ``seg3d`` run's cache of one dataset (``<work-dir>/cache/<dataset>``). The
 second runs the model on one case's NIfTI files (``t1``/``t1c``/``t2``/``flair`` or BraTS
 names) with the service's alignment (motion correction), brain extraction and preprocessing,
-and reports the mean z per sequence inside the tumour it labels: the real lesion to compare
-the training lesions with.
+and reports the mean z per sequence inside the tumour it labels (argmax, before the card's
+post-processing): the real lesion to compare the training lesions with; and, with T1 and T1c,
+how much of that tumour is brighter on T1c than on T1 beyond normal brain (``t1ce_minus_t1``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from tumorlens.evaluation.volumes import case_brain, motion_corrected, template_dir
 from tumorlens.inference.preprocess3d import SEQUENCES, load_nifti, preprocess_arrays
@@ -96,6 +98,44 @@ def case_table(folder: Path, model: Path) -> dict[str, Any]:
                     "mean": round(float(values.mean()), 2),
                     "p10_p90": np.percentile(values, [10, 90]).round(2).tolist(),
                 }
+        if {"t1", "t1ce"} <= aligned.keys():
+            out["t1ce_minus_t1"] = enhancement(
+                prepared.image, labels, prepared.foreground, net.card.grid.spacing
+            )
+    return out
+
+
+def enhancement(
+    image: np.ndarray, labels: np.ndarray, brain: np.ndarray, spacing: float
+) -> dict[str, Any]:
+    """A model-free look at contrast uptake: T1c z minus T1 z per grid voxel, and how much of
+    the labelled tumour exceeds the 99th / 99.5th percentile of that difference in brain at
+    least 9 mm from it and 6 mm inside the brain's edge (dura, sinuses and scalp enhance too).
+
+    Why: whether the real lesion enhances decides whether "enhancing" labels on it are false
+    positives; a subtraction against the pre-contrast T1 says so without the model.
+    """
+    t1, t1ce = SEQUENCES.index("t1"), SEQUENCES.index("t1ce")
+    diff = image[t1ce].astype(np.float64) - image[t1].astype(np.float64)
+    tumour = labels > 0
+    margin = max(1, round(9.0 / spacing))
+    normal = ndimage.binary_erosion(brain, iterations=max(1, round(6.0 / spacing)))
+    normal &= ~ndimage.binary_dilation(tumour, iterations=margin)
+    ml = spacing**3 / 1000.0
+    out: dict[str, Any] = {
+        "normal_voxels": int(normal.sum()),
+        "lesion_median": round(float(np.median(diff[tumour])), 2),
+        "normal_median": round(float(np.median(diff[normal])), 2),
+    }
+    for q in (99.0, 99.5):
+        threshold = float(np.percentile(diff[normal], q))
+        above = diff > threshold
+        out[f"p{q:g}"] = {
+            "threshold": round(threshold, 2),
+            "tumour_ml_above": round(float((above & tumour).sum() * ml), 3),
+            "enhancing_label_ml_above": round(float((above & (labels == 3)).sum() * ml), 3),
+        }
+    out["enhancing_label_ml"] = round(float((labels == 3).sum() * ml), 3)
     return out
 
 

@@ -190,3 +190,25 @@ def test_motion_correction_realigns_a_moved_sequence(cases: Path, tmp_path: Path
     report = json.loads(out_json.read_text())  # "broken" sorts first and is still skipped
     assert (report["n_cases"], report["n_skipped"]) == (1, 1)
     assert report["cases"][0]["dice"]["WT"] > 0.5
+
+
+def test_card_post_processing_is_what_the_runtime_applies(cases: Path, tmp_path: Path) -> None:
+    """The shipped weights under a card asking for min_enhancing_ml: the HGG phantom's
+    enhancing rim, found without it, comes out as tumour core (ET Dice 0, TC kept)."""
+    zoo = tmp_path / "zoo"
+    shutil.copytree(ZOO, zoo, ignore=shutil.ignore_patterns("slice_type_2d*", "__*"))
+    card = json.loads((zoo / "tumour3d.json").read_text())
+    card["postprocessing"] = {"min_enhancing_ml": 1e6}
+    (zoo / "tumour3d.json").write_text(json.dumps(card))
+    dice = {}
+    for name, model in (("shipped", ZOO), ("merged", zoo)):
+        out_json = tmp_path / f"{name}.json"
+        args = ["evaluate", "volumes", str(cases), "--limit", "2", "--json", str(out_json)]
+        assert main([*args, "--model", str(model / "tumour3d.json")]) == 0
+        (case,) = json.loads(out_json.read_text())["cases"]
+        assert case["tumour_type"] == "hgg"
+        dice[name] = case["dice"]
+    assert dice["shipped"]["ET"] > 0.3
+    assert dice["merged"]["ET"] == 0.0
+    assert dice["merged"]["TC"] >= dice["shipped"]["TC"] - 0.02
+    assert dice["merged"]["WT"] == pytest.approx(dice["shipped"]["WT"], abs=0.02)

@@ -39,7 +39,11 @@ from tumorlens_train.phantoms import (
 from tumorlens_train.phantoms.__main__ import main as phantoms_main
 from tumorlens_train.phantoms.acquisition import Acquisition, SliceStack, acquire
 from tumorlens_train.phantoms.command import register
-from tumorlens_train.phantoms.contrast import sample_contrast, soften_lesion_contrast
+from tumorlens_train.phantoms.contrast import (
+    sample_contrast,
+    soften_lesion_contrast,
+    t1ce_uptake,
+)
 from tumorlens_train.phantoms.labels import parse_types
 from tumorlens_train.phantoms.template import SELLA_MNI_MM
 
@@ -287,6 +291,29 @@ def test_dural_sinuses_are_enhancing_background_inside_the_dura(tumour_type: str
     bright = changed & (drawn.images["t1ce"] > plain.images["t1ce"])
     wm = median(plain, "t1ce", pure(plain, "wm", 0.9))
     assert np.percentile(drawn.images["t1ce"][bright], 90) > 1.25 * wm
+
+
+def test_t1ce_uptake_brightens_only_t1ce_of_non_enhancing_tumour_and_oedema() -> None:
+    """Same LGG with a T1c gain of 1.3: labels, T1, T2 and FLAIR equal; T1c changed only in
+    and around the tumour (partial volume), where it rises by about the gain and stays below
+    enhancing tumour's base signal; without the option nothing is drawn."""
+    config = PhantomConfig(spacing=SPACING, thick_slice_prob=0.0)
+    plain = generate_case(2, "lgg", config)
+    drawn = generate_case(2, "lgg", dataclasses.replace(config, t1ce_uptake=(1.3, 1.3)))
+    assert plain.metadata["t1ce_uptake"] == 1.0 and drawn.metadata["t1ce_uptake"] == 1.3
+    assert np.array_equal(drawn.seg, plain.seg)
+    for s in ("t1", "t2", "flair"):
+        assert np.array_equal(drawn.images[s], plain.images[s]), s
+    changed = (
+        np.abs(drawn.images["t1ce"] - plain.images["t1ce"]) > 1e-4 * plain.images["t1ce"].max()
+    )
+    near = ndi.binary_dilation(plain.seg > 0, iterations=4)  # blur reaches a few voxels
+    assert changed.any() and not (changed & ~near).any()
+    core = plain.seg == Label.CORE
+    ratio = np.median(drawn.images["t1ce"][core] / plain.images["t1ce"][core])
+    assert ratio == pytest.approx(1.3, abs=0.03)
+    with pytest.raises(ValueError, match="uptake"):
+        t1ce_uptake(sample_contrast(np.random.default_rng(0)), 1.6)
 
 
 def test_brain_only_is_skull_stripped_and_full_head_is_not() -> None:

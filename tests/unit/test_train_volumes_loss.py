@@ -139,6 +139,35 @@ def test_component_sweep_scores_each_threshold_on_the_runs_validation_cases(
     assert huge["WT"] == pytest.approx(0.5)
 
 
+def test_component_sweep_on_a_tuning_set_crosses_both_thresholds(tmp_path: Path) -> None:
+    """--data: every case of another folder, cached apart from the run's own cases (which
+    share their case ids), scored at each pair of thresholds."""
+    from tumorlens_train import component_sweep
+    from tumorlens_train.phantoms import PhantomConfig, generate_case, write_case, write_index
+
+    cases = _phantoms((1, "hgg"), (2, "lgg"))  # a batch of two needs two cases
+    cfg = _tiny_config(tmp_path / "work", steps=1, val_every=1)
+    train_volumes.train(cfg, cases, cases)
+    tune = tmp_path / "tune"
+    config = PhantomConfig(spacing=6.0, thick_slice_prob=0.0)
+    metas = [
+        write_case(generate_case(5 + i, kind, config), tune, f"phantom_0000{i}")
+        for i, kind in enumerate(("lgg", "healthy"))
+    ]
+    write_index(tune, metas)
+    result = component_sweep.sweep(tmp_path / "work", "best.pt", [0.0, 1e6], [0.0, 1e6], data=tune)
+    assert result["n_cases"] == 2 and result["cases"] == str(tune)
+    pairs = [(r["min_tumour_component_ml"], r["min_enhancing_ml"]) for r in result["rows"]]
+    assert pairs == [(0.0, 0.0), (0.0, 1e6), (1e6, 0.0), (1e6, 1e6)]
+    # The run's best.pt is not the point: at 1e6 mL of tumour every component goes, so the
+    # healthy case is clean whatever the net predicts.
+    assert result["rows"][2]["healthy_clean"] == "1/1"
+    assert sorted(p.parent.parent.name for p in (tmp_path / "work").rglob("*.npz")) == [
+        "tune",
+        "tune",
+    ]
+
+
 def test_staged_instance_norm_is_the_same_maths_and_exports_accurately(tmp_path: Path) -> None:
     """The export form of instance norm equals the float64 maths, in torch and under ONNX
     Runtime, on a channel with a large mean over as many voxels as the model grid. (The drift
@@ -181,7 +210,11 @@ def test_export_writes_the_post_processing_the_runtime_reads(tmp_path: Path) -> 
         version="0.0.1",
         threads=1,
         min_component_ml=1.0,
+        min_enhancing_ml=2.0,
     )
     model = VolumeModel(card_path, tmp_path / "zoo", threads=1)
-    assert model.card.raw["postprocessing"]["min_tumour_component_ml"] == 1.0
+    post = model.card.raw["postprocessing"]
+    assert post["min_tumour_component_ml"] == 1.0 and post["min_enhancing_ml"] == 2.0
+    assert "merge_small_enhancement" in post["rule"]
     assert model.min_component_voxels == 2  # 1 mL on an 8 mm grid: 1.95 voxels
+    assert model.min_enhancing_voxels == 4  # 2 mL: 3.9 voxels

@@ -57,3 +57,26 @@ def test_small_tumour_components_become_background_and_large_ones_stay() -> None
     # card -> voxels: 0.1 mL on a 3 mm grid is 100 mm3 / 27 mm3 -> 4 voxels
     assert min_component_voxels({"postprocessing": {"min_tumour_component_ml": 0.1}}, 3.0) == 4
     assert min_component_voxels({}, 3.0) == 0
+
+
+def test_small_enhancement_becomes_tumour_core_and_enough_of_it_stays() -> None:
+    from tumorlens.inference.volume_model import merge_small_enhancement, min_enhancing_voxels
+
+    probs = np.zeros((4, 12, 12, 12), np.float32)
+    probs[0] = 1.0
+    probs[:, 2:6, 2:6, 2:6] = [[[[0.1]]], [[[0.2]]], [[[0.6]]], [[[0.1]]]]  # 64 voxels, oedema
+    probs[:, 3, 3, 3] = [0.1, 0.3, 0.2, 0.4]  # two enhancing voxels in two places
+    probs[:, 8, 8, 8] = [0.2, 0.1, 0.3, 0.4]
+    probs[:, 4, 4, 4] = [0.1, 0.25, 0.45, 0.2]  # oedema that core + enhancing outweigh
+    merged = merge_small_enhancement(probs, min_voxels=3)  # 2 voxels in all: too few
+    labels, before = merged.argmax(axis=0), probs.argmax(axis=0)
+    assert not (labels == 3).any()
+    assert labels[3, 3, 3] == 1 and labels[8, 8, 8] == 1  # still tumour core, now 'core'
+    assert labels[4, 4, 4] == 1  # 0.25 + 0.2 > 0.45: the summed evidence wins
+    assert (labels[before == 2] != 0).all()  # no tumour voxel lost
+    np.testing.assert_allclose(merged.sum(axis=0), probs.sum(axis=0), atol=1e-6)
+    assert probs[3, 3, 3, 3] == pytest.approx(0.4)  # the input is not modified
+    # counted over the whole study, not per component: two voxels reach a threshold of two
+    assert merge_small_enhancement(probs, min_voxels=2) is probs
+    assert min_enhancing_voxels({"postprocessing": {"min_enhancing_ml": 0.2}}, 2.0) == 25
+    assert min_enhancing_voxels({"postprocessing": {"min_tumour_component_ml": 0.2}}, 2.0) == 0

@@ -50,6 +50,16 @@ def _probability(text: str) -> float:
     return value
 
 
+def _uptake_range(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH, got {text!r}") from None
+    if not 1.0 <= low <= high <= 1.5:
+        raise argparse.ArgumentTypeError(f"need 1 <= LOW <= HIGH <= 1.5, got {text!r}")
+    return low, high
+
+
 def _conspicuity_range(text: str) -> tuple[float, float]:
     try:
         low, high = (float(v) for v in text.split(","))
@@ -114,6 +124,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "in full-head phantoms; off by default, which keeps existing datasets unchanged",
     )
     parser.add_argument(
+        "--t1ce-uptake",
+        type=_uptake_range,
+        default=PhantomConfig.t1ce_uptake,
+        metavar="LOW,HIGH",
+        help="per-case T1c gain of non-enhancing tumour and oedema, drawn from U(LOW, HIGH) "
+        "in [1, 1.5]: mild uptake that is not enhancement (default 1,1: none, nothing drawn)",
+    )
+    parser.add_argument(
         "--start", type=int, default=0, help="index of the first case, to extend a dataset"
     )
     parser.add_argument("--workers", type=_positive_int, default=1, help="worker processes")
@@ -161,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
         thick_slice_prob=args.thick_slice_prob,
         lesion_conspicuity=args.lesion_conspicuity,
         dural_sinuses=args.dural_sinuses,
+        t1ce_uptake=args.t1ce_uptake,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     jobs = [

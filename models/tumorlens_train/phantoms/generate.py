@@ -18,7 +18,7 @@ from .anatomy import (
     sample_head_surfaces,
     sample_tissue,
 )
-from .contrast import SEQUENCES, sample_contrast, soften_lesion_contrast, synthesise
+from .contrast import SEQUENCES, sample_contrast, soften_lesion_contrast, synthesise, t1ce_uptake
 from .fields import FloatArray
 from .head import head_fractions, intracranial_fraction, sample_head
 from .labels import GRADE, Label, TumourType
@@ -44,6 +44,10 @@ class PhantomConfig:
     # Dural venous sinuses (see sinuses.py), full-head phantoms only. Off by default: on,
     # it changes images near the sinuses and nothing else (labels, other voxels, draws).
     dural_sinuses: bool = False
+    # Per-case T1c gain of non-enhancing tumour and oedema, drawn from U(low, high): mild
+    # uptake that stays below enhancement and keeps its labels (contrast.t1ce_uptake). (1, 1),
+    # the default, draws nothing: same data as before.
+    t1ce_uptake: tuple[float, float] = (1.0, 1.0)
 
 
 @dataclass
@@ -83,8 +87,8 @@ def generate_case(
     """
     config = config or PhantomConfig()
     seq = np.random.SeedSequence(seed)
-    r_type, r_anat, r_tumour, r_contrast, r_acq, r_lesion, r_sinus = (
-        np.random.default_rng(s) for s in seq.spawn(7)
+    r_type, r_anat, r_tumour, r_contrast, r_acq, r_lesion, r_sinus, r_uptake = (
+        np.random.default_rng(s) for s in seq.spawn(8)
     )  # later children leave the earlier ones, and so datasets made before them, unchanged
     ttype = TumourType(tumour_type) if tumour_type else TumourType(r_type.choice(list(TumourType)))
 
@@ -119,6 +123,10 @@ def generate_case(
     if (low, high) != (1.0, 1.0):
         conspicuity = float(r_lesion.uniform(low, high))
         contrast = soften_lesion_contrast(contrast, conspicuity)
+    uptake = 1.0
+    if config.t1ce_uptake != (1.0, 1.0):
+        uptake = float(r_uptake.uniform(*config.t1ce_uptake))
+        contrast = t1ce_uptake(contrast, uptake)
     sinuses: dict[str, float] | None = None
     if config.dural_sinuses and config.full_head:
         sinuses = sample_sinuses(r_sinus)
@@ -156,6 +164,7 @@ def generate_case(
         "thick_slice_prob": config.thick_slice_prob,
         "lesion_conspicuity": round(conspicuity, 4),
         "dural_sinuses": None if sinuses is None else {k: round(v, 3) for k, v in sinuses.items()},
+        "t1ce_uptake": round(uptake, 4),
         "generator_version": GENERATOR_VERSION,
         "template": "MNI ICBM152 2009a symmetric (nilearn)",
         "deformation": deformation,

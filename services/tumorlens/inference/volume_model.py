@@ -30,6 +30,8 @@ from tumorlens.inference.preprocess3d import (
 from tumorlens.inference.session import create_session
 
 FEATURES_OUTPUT = "type_features"
+#: Internal label indices on the model grid (BraTS 1, 2, 4 -> 1, 2, 3).
+CORE, ENHANCING = 1, 3
 
 
 @dataclass
@@ -67,6 +69,7 @@ class VolumeModel:
         if FEATURES_OUTPUT in names and isinstance(cam, dict) and "weights" in cam:
             self._cam = (np.asarray(cam["weights"], dtype=np.float32), int(cam["stride_voxels"]))
         self.min_component_voxels = min_component_voxels(self.card.raw, self.card.grid.spacing)
+        self.min_enhancing_voxels = min_enhancing_voxels(self.card.raw, self.card.grid.spacing)
 
     @property
     def providers(self) -> list[str]:
@@ -94,6 +97,8 @@ class VolumeModel:
         probs = softmax(np.asarray(results[0])[0], axis=0)
         if self.min_component_voxels > 1:
             probs = drop_small_tumour_components(probs, self.min_component_voxels)
+        if self.min_enhancing_voxels > 0:
+            probs = merge_small_enhancement(probs, self.min_enhancing_voxels)
         type_probs = softmax(np.asarray(results[1])[0])
         labels = labels_on_native(probs, prepared.affine, native_affine, native_shape)
         cam = None
@@ -133,6 +138,12 @@ def min_component_voxels(card: Mapping[str, Any], spacing: float) -> int:
     return ml_to_voxels(float(post.get("min_tumour_component_ml", 0.0)), spacing)
 
 
+def min_enhancing_voxels(card: Mapping[str, Any], spacing: float) -> int:
+    """The card's ``postprocessing.min_enhancing_ml`` in model-grid voxels (0: none)."""
+    post = card.get("postprocessing") or {}
+    return ml_to_voxels(float(post.get("min_enhancing_ml", 0.0)), spacing)
+
+
 def ml_to_voxels(ml: float, spacing: float) -> int:
     """A component size in mL as whole voxels of a ``spacing`` mm grid, rounded up (0: none)."""
     return math.ceil(ml * 1000.0 / spacing**3) if ml > 0 else 0
@@ -161,6 +172,27 @@ def drop_small_tumour_components(
     out = probs.copy()
     out[:, drop] = 0.0
     out[0, drop] = 1.0
+    return out
+
+
+def merge_small_enhancement(probs: NDArray[np.float32], min_voxels: int) -> NDArray[np.float32]:
+    """When the study's enhancing tumour (argmax on the model grid, all components together)
+    is smaller than ``min_voxels``, enhancing is relabelled as tumour core: its probability is
+    added to necrotic/non-enhancing core everywhere, so no voxel comes out enhancing.
+
+    Why: a few voxels of "enhancement" inside a non-enhancing glioma are the commonest error
+    the model makes, and they turn a low-grade picture into an enhancing one (the BraTS
+    post-processing of nnU-Net does the same). Every tumour-core voxel (core or enhancing) stays
+    tumour core, and a few oedema voxels can join it where core and enhancing together outweigh
+    oedema; the card names the threshold the held-out metrics were measured with.
+    """
+    enhancing = np.argmax(probs, axis=0) == ENHANCING
+    count = int(enhancing.sum())
+    if count == 0 or count >= min_voxels:
+        return probs
+    out = probs.copy()
+    out[CORE] += out[ENHANCING]
+    out[ENHANCING] = 0.0
     return out
 
 
