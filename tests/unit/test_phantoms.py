@@ -404,6 +404,13 @@ def test_register_adds_phantoms_subcommand(tmp_path: Path) -> None:
     for bad in ("0.9,0.5", "0.5", "-0.1,1", "a,b"):
         with pytest.raises(SystemExit):
             parser.parse_args(["phantoms", "--n", "1", "--out", str(tmp_path), flag[0], bad])
+    assert args.t1ce_uptake == (1.0, 1.0)
+    uptake = ["--t1ce-uptake", "1,1.35"]
+    drawn = parser.parse_args(["phantoms", "--n", "1", "--out", str(tmp_path), *uptake])
+    assert drawn.t1ce_uptake == (1.0, 1.35)
+    for bad in ("0.9,1.2", "1.2,1.6", "1.3,1.1"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["phantoms", "--n", "1", "--out", str(tmp_path), uptake[0], bad])
     assert callable(args.func)
     with pytest.raises(SystemExit):
         parser.parse_args(["phantoms", "--n", "1", "--out", str(tmp_path), "--types", "glioma"])

@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -50,24 +51,25 @@ def _probability(text: str) -> float:
     return value
 
 
-def _uptake_range(text: str) -> tuple[float, float]:
-    try:
-        low, high = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LOW,HIGH, got {text!r}") from None
-    if not 1.0 <= low <= high <= 1.5:
-        raise argparse.ArgumentTypeError(f"need 1 <= LOW <= HIGH <= 1.5, got {text!r}")
-    return low, high
+def _range_within(lowest: float, highest: float) -> Callable[[str], tuple[float, float]]:
+    """An argparse type for ``LOW,HIGH`` with ``lowest <= LOW <= HIGH <= highest``."""
+
+    def parse(text: str) -> tuple[float, float]:
+        try:
+            low, high = (float(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected LOW,HIGH, got {text!r}") from None
+        if not lowest <= low <= high <= highest:
+            raise argparse.ArgumentTypeError(
+                f"need {lowest:g} <= LOW <= HIGH <= {highest:g}, got {text!r}"
+            )
+        return low, high
+
+    return parse
 
 
-def _conspicuity_range(text: str) -> tuple[float, float]:
-    try:
-        low, high = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LOW,HIGH, got {text!r}") from None
-    if not 0.0 <= low <= high <= 1.0:
-        raise argparse.ArgumentTypeError(f"need 0 <= LOW <= HIGH <= 1, got {text!r}")
-    return low, high
+_conspicuity_range = _range_within(0.0, 1.0)
+_uptake_range = _range_within(1.0, 1.5)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
