@@ -7,8 +7,8 @@
 Runs the checkpoint (torch) on the run's validation cases (``training.data.validation_cases``,
 from the run's cache, on the model grid), or with ``--data`` on every case of a separate
 tuning set (cached under WORK_DIR/tuning_cache), applies the runtime's
-:func:`~tumorlens.inference.volume_model.drop_small_tumour_components` and
-:func:`~tumorlens.inference.volume_model.merge_small_enhancement` at each pair of thresholds
+:func:`~tumorlens.inference.volume_model.postprocess` (small components dropped, then small
+enhancement merged into core) at each pair of thresholds
 and prints mean Dice WT/TC/ET (a region absent from both truth and prediction scores 1, so a
 healthy case scores 1 with no tumour voxel, else 0). The held-out set plays no part: it
 measures the thresholds chosen here.
@@ -28,11 +28,7 @@ import torch
 from tqdm import tqdm
 
 from tumorlens.inference.preprocess3d import GridSpec, softmax
-from tumorlens.inference.volume_model import (
-    drop_small_tumour_components,
-    merge_small_enhancement,
-    ml_to_voxels,
-)
+from tumorlens.inference.volume_model import ml_to_voxels, postprocess
 from tumorlens_train.nets3d import TYPE_CLASSES, load_checkpoint
 from tumorlens_train.train_volumes import grid_dice
 from tumorlens_train.volumes import build_cache, load_cached
@@ -71,14 +67,11 @@ def sweep(
     rows = []
     for ml in thresholds:
         voxels = ml_to_voxels(ml, grid.spacing)
-        kept = [drop_small_tumour_components(p, voxels) if voxels > 1 else p for p in probs]
+        kept = [postprocess(p, voxels, 0) for p in probs]  # once per component threshold
         for et_ml in enhancing_thresholds:
             et_voxels = ml_to_voxels(et_ml, grid.spacing)
             dices = [
-                grid_dice(
-                    (merge_small_enhancement(p, et_voxels) if et_voxels else p).argmax(axis=0),
-                    c.labels,
-                )
+                grid_dice(postprocess(p, 0, et_voxels).argmax(axis=0), c.labels)
                 for p, c in zip(kept, cases, strict=True)
             ]
             healthy = [

@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 
 from tumorlens.inference.card import sha256_file
 from tumorlens.inference.preprocess3d import SEQUENCES, GridSpec
+from tumorlens.inference.volume_model import MIN_COMPONENT_ML, MIN_ENHANCING_ML
 from tumorlens_train.export import (
     MAX_BYTES,
     OPSET,
@@ -347,14 +348,14 @@ def postprocessing_entry(min_component_ml: float, min_enhancing_ml: float) -> di
     post: dict[str, Any] = {}
     rules = []
     if min_component_ml > 0:
-        post["min_tumour_component_ml"] = min_component_ml
+        post[MIN_COMPONENT_ML] = min_component_ml
         rules.append(
             "tumour components (argmax not background, 26-connected) smaller than "
             "min_tumour_component_ml become background "
             "(tumorlens.inference.volume_model.drop_small_tumour_components)"
         )
     if min_enhancing_ml > 0:
-        post["min_enhancing_ml"] = min_enhancing_ml
+        post[MIN_ENHANCING_ML] = min_enhancing_ml
         rules.append(
             "then, when all enhancing tumour together is smaller than min_enhancing_ml, it is "
             "relabelled as tumour core (tumorlens.inference.volume_model.merge_small_enhancement)"

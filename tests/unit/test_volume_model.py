@@ -80,3 +80,20 @@ def test_small_enhancement_becomes_tumour_core_and_enough_of_it_stays() -> None:
     assert merge_small_enhancement(probs, min_voxels=2) is probs
     assert min_enhancing_voxels({"postprocessing": {"min_enhancing_ml": 0.2}}, 2.0) == 25
     assert min_enhancing_voxels({"postprocessing": {"min_tumour_component_ml": 0.2}}, 2.0) == 0
+
+
+def test_postprocess_drops_small_components_before_counting_enhancement() -> None:
+    """A lone enhancing speck is dropped first, so the tumour's own two enhancing voxels fall
+    below a threshold of three and become core; counted the other way round they would not."""
+    from tumorlens.inference.volume_model import postprocess
+
+    probs = np.zeros((4, 12, 12, 12), np.float32)
+    probs[0] = 1.0
+    probs[:, 2:6, 2:6, 2:6] = [[[[0.1]]], [[[0.2]]], [[[0.6]]], [[[0.1]]]]  # oedema
+    probs[:, 3, 3, 3:5] = [[0.1], [0.3], [0.2], [0.4]]  # two enhancing voxels inside it
+    probs[:, 10, 10, 10] = [0.2, 0.0, 0.0, 0.8]  # a lone enhancing speck
+    labels = postprocess(probs, 3, 3).argmax(axis=0)
+    assert labels[10, 10, 10] == 0
+    assert not (labels == 3).any() and (labels[3, 3, 3:5] == 1).all()
+    assert (postprocess(probs, 0, 3).argmax(axis=0) == 3).sum() == 3  # merge alone: 3 stay
+    assert postprocess(probs, 0, 0) is probs

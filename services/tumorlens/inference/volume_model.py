@@ -32,6 +32,8 @@ from tumorlens.inference.session import create_session
 FEATURES_OUTPUT = "type_features"
 #: Internal label indices on the model grid (BraTS 1, 2, 4 -> 1, 2, 3).
 CORE, ENHANCING = 1, 3
+#: The card's ``postprocessing`` keys (written by the export, read here).
+MIN_COMPONENT_ML, MIN_ENHANCING_ML = "min_tumour_component_ml", "min_enhancing_ml"
 
 
 @dataclass
@@ -95,10 +97,7 @@ class VolumeModel:
             outputs.append(FEATURES_OUTPUT)
         results = self.session.run(outputs, {self.card.input_name: prepared.image[None]})
         probs = softmax(np.asarray(results[0])[0], axis=0)
-        if self.min_component_voxels > 1:
-            probs = drop_small_tumour_components(probs, self.min_component_voxels)
-        if self.min_enhancing_voxels > 0:
-            probs = merge_small_enhancement(probs, self.min_enhancing_voxels)
+        probs = postprocess(probs, self.min_component_voxels, self.min_enhancing_voxels)
         type_probs = softmax(np.asarray(results[1])[0])
         labels = labels_on_native(probs, prepared.affine, native_affine, native_shape)
         cam = None
@@ -132,16 +131,31 @@ class VolumeModel:
         return np.asarray(prepared.affine @ shift @ scale, dtype=np.float64)
 
 
+def _postprocessing_voxels(card: Mapping[str, Any], key: str, spacing: float) -> int:
+    post = card.get("postprocessing") or {}
+    return ml_to_voxels(float(post.get(key, 0.0)), spacing)
+
+
 def min_component_voxels(card: Mapping[str, Any], spacing: float) -> int:
     """The card's ``postprocessing.min_tumour_component_ml`` in model-grid voxels (0: none)."""
-    post = card.get("postprocessing") or {}
-    return ml_to_voxels(float(post.get("min_tumour_component_ml", 0.0)), spacing)
+    return _postprocessing_voxels(card, MIN_COMPONENT_ML, spacing)
 
 
 def min_enhancing_voxels(card: Mapping[str, Any], spacing: float) -> int:
     """The card's ``postprocessing.min_enhancing_ml`` in model-grid voxels (0: none)."""
-    post = card.get("postprocessing") or {}
-    return ml_to_voxels(float(post.get("min_enhancing_ml", 0.0)), spacing)
+    return _postprocessing_voxels(card, MIN_ENHANCING_ML, spacing)
+
+
+def postprocess(
+    probs: NDArray[np.float32], min_component_voxels: int, min_enhancing_voxels: int
+) -> NDArray[np.float32]:
+    """The card's post-processing on model-grid probabilities, in its order: small tumour
+    components dropped, then a small total of enhancement merged into core (0: step off)."""
+    if min_component_voxels > 1:
+        probs = drop_small_tumour_components(probs, min_component_voxels)
+    if min_enhancing_voxels > 0:
+        probs = merge_small_enhancement(probs, min_enhancing_voxels)
+    return probs
 
 
 def ml_to_voxels(ml: float, spacing: float) -> int:
