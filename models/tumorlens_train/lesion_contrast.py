@@ -26,7 +26,7 @@ from scipy import ndimage
 
 from tumorlens.evaluation.volumes import case_brain, motion_corrected, template_dir
 from tumorlens.inference.preprocess3d import SEQUENCES, load_nifti, preprocess_arrays
-from tumorlens.inference.volume_model import VolumeModel
+from tumorlens.inference.volume_model import ENHANCING, VolumeModel
 from tumorlens_train.nets3d import TYPE_CLASSES
 
 LABELS = {1: "core", 2: "oedema", 3: "enhancing"}
@@ -117,7 +117,7 @@ def enhancement(
     """
     t1, t1ce = SEQUENCES.index("t1"), SEQUENCES.index("t1ce")
     diff = image[t1ce].astype(np.float64) - image[t1].astype(np.float64)
-    tumour = labels > 0
+    tumour, enhancing = labels > 0, labels == ENHANCING
     margin = max(1, round(9.0 / spacing))
     normal = ndimage.binary_erosion(brain, iterations=max(1, round(6.0 / spacing)))
     normal &= ~ndimage.binary_dilation(tumour, iterations=margin)
@@ -133,9 +133,9 @@ def enhancement(
         out[f"p{q:g}"] = {
             "threshold": round(threshold, 2),
             "tumour_ml_above": round(float((above & tumour).sum() * ml), 3),
-            "enhancing_label_ml_above": round(float((above & (labels == 3)).sum() * ml), 3),
+            "enhancing_label_ml_above": round(float((above & enhancing).sum() * ml), 3),
         }
-    out["enhancing_label_ml"] = round(float((labels == 3).sum() * ml), 3)
+    out["enhancing_label_ml"] = round(float(enhancing.sum() * ml), 3)
     return out
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from .contrast import MAX_T1CE_UPTAKE
 from .generate import PhantomConfig, case_seed, case_type, generate_case
 from .labels import TumourType, parse_types
 from .template import DEFAULT_SPACING_MM, load_template
@@ -69,7 +70,7 @@ def _range_within(lowest: float, highest: float) -> Callable[[str], tuple[float,
 
 
 _conspicuity_range = _range_within(0.0, 1.0)
-_uptake_range = _range_within(1.0, 1.5)
+_uptake_range = _range_within(1.0, MAX_T1CE_UPTAKE)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -131,7 +132,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=PhantomConfig.t1ce_uptake,
         metavar="LOW,HIGH",
         help="per-case T1c gain of non-enhancing tumour and oedema, drawn from U(LOW, HIGH) "
-        "in [1, 1.5]: mild uptake that is not enhancement (default 1,1: none, nothing drawn)",
+        f"in [1, {MAX_T1CE_UPTAKE:g}]: mild uptake that is not enhancement (default 1,1: none, "
+        "nothing drawn)",
     )
     parser.add_argument(
         "--start", type=int, default=0, help="index of the first case, to extend a dataset"

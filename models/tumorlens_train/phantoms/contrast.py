@@ -100,17 +100,22 @@ def soften_lesion_contrast(contrast: Contrast, conspicuity: float) -> Contrast:
     return out
 
 
+#: Highest T1c gain of :func:`t1ce_uptake`: non-enhancing tissue stays below enhancing tumour.
+MAX_T1CE_UPTAKE = 1.5
+
+
 def t1ce_uptake(contrast: Contrast, gain: float) -> Contrast:
     """``contrast`` with the T1c signal of :data:`SOFTENED` classes multiplied by ``gain``.
 
     Why: the base table gives non-enhancing tumour the same signal on T1c as on T1, but the
     real lower-grade glioma we have reads ~0.5 z brighter on T1c than on T1 with no focal
     enhancement beyond normal brain's (``lesion_contrast --case``'s ``t1ce_minus_t1``); a
-    model that never saw that takes any T1c excess for enhancement. Gains up to 1.5 keep them
-    below enhancing tumour (T1c 1.45 against T1 0.62 in the base table).
+    model that never saw that takes any T1c excess for enhancement. Gains up to
+    :data:`MAX_T1CE_UPTAKE` keep them below enhancing tumour (T1c 1.45 against T1 0.62 in the
+    base table).
     """
-    if not 1.0 <= gain <= 1.5:
-        raise ValueError(f"T1c uptake gain must be in [1, 1.5], got {gain}")
+    if not 1.0 <= gain <= MAX_T1CE_UPTAKE:
+        raise ValueError(f"T1c uptake gain must be in [1, {MAX_T1CE_UPTAKE:g}], got {gain}")
     out = dict(contrast)
     t1ce = SEQUENCES.index("t1ce")
     for name in SOFTENED:
