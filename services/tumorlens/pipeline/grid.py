@@ -281,12 +281,15 @@ def align_sequences(
         by_mi: _Rigid | None = None
         if not same_frame or correct_motion:
             pair = _pair(fixed_iso, volume, same_frame=same_frame)
-            fit = None if pair is None else _rigid(pair)
-            if pair is not None and fit is not None and fit.similarity < MIN_CORRELATION_RATIO:
-                # The correlation ratio cannot judge this pair: redone by mutual information
-                # on the same points, kept only when it clearly fits better than the start.
-                redone = _rigid(pair, MUTUAL_INFORMATION)
-                by_mi = redone if redone.gain >= MI_MIN_GAIN else None
+            fit: _Rigid | None = None
+            if pair is not None:
+                fit = _rigid(pair)
+                if fit.similarity < MIN_CORRELATION_RATIO:
+                    # The correlation ratio cannot judge this pair: redone by mutual
+                    # information on the same points, kept only when it clearly fits better
+                    # than the start.
+                    redone = _rigid(pair, MUTUAL_INFORMATION)
+                    by_mi = redone if redone.gain >= MI_MIN_GAIN else None
             if fit is None:
                 notes.append("no head found to register; assumed aligned")
             elif by_mi is not None:
