@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from tumorlens.dicomio.make_study import make_study
 from tumorlens.pipeline.brain_mask import BrainMask, extract_brain
@@ -200,6 +201,22 @@ def test_implausible_registration_falls_back_to_the_heuristic(
     assert 900.0 <= brain.volume_ml <= 2200.0
 
 
+def test_provisional_mask_in_the_head_box_equals_the_whole_grid(processed: Processed) -> None:
+    """The heuristic works inside the head's bounding box for speed; on the real case that
+    must give what the whole field of view gives."""
+    from tumorlens.pipeline import brain_mask
+
+    study = processed.study
+    subject = study.array(processed.brain.subject_sequence)
+    head = head_mask(subject)
+    idx = np.argwhere(head)
+    assert np.any(idx.max(axis=0) - idx.min(axis=0) + 5 < np.asarray(head.shape))
+    zooms = np.linalg.norm(study.affine[:3, :3], axis=0)
+    cropped = brain_mask.provisional_mask(subject, study.affine, head)
+    assert cropped.sum() > 0
+    np.testing.assert_array_equal(cropped, brain_mask._provisional_in_box(subject, zooms, head))
+
+
 def test_subject_to_mni_places_the_brain_centre(processed: Processed) -> None:
     brain = processed.brain
     np.testing.assert_allclose(brain.subject_to_mni @ brain.mni_to_subject, np.eye(4), atol=1e-9)
@@ -271,6 +288,10 @@ def test_brain_mask_holds_a_pituitary_macroadenoma() -> None:
         brain_mask_mod.sellar_region_on_grid(template, grid, shape, brain.subject_to_mni),
         sella >= 0.5,
     )
+    # So does the brain mask's own warp of the dilated template.
+    dilated = ndimage.binary_dilation(template.mask > 0).astype(np.float32)
+    full = resample(dilated, template.affine, grid, shape, transform=brain.subject_to_mni)
+    np.testing.assert_array_equal(brain.mask > 0, (full >= 0.5) | (sella >= 0.5))
 
 
 @functools.cache

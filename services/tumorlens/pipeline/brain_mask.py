@@ -46,6 +46,7 @@ from tumorlens.pipeline.registration import (
     Affine,
     BoolArray,
     FloatArray,
+    fill_holes,
     head_mask,
     largest_component,
     register,
@@ -133,35 +134,69 @@ class BrainMask:
         return np.asarray(world[:3], dtype=np.float64)
 
 
-def sellar_region_on_grid(
-    template: MniTemplate, affine: Affine, shape: tuple[int, ...], subject_to_mni: Affine
-) -> BoolArray:
-    """The template's sellar region on a study grid. Resampled only inside the region's
-    bounding box: a full-grid warp cost about a second on 240 x 240 x 155 studies."""
-    # 1.5 x the radius: room for the fit's scale (within +-20 %) and the trilinear support.
-    centre, radius = np.asarray(SELLA_MNI_MM), 1.5 * SELLAR_REGION_MM
-    corners = np.array(
-        [[*(centre + radius * np.array([x, y, z])), 1.0] for x in (-1, 1) for y in (-1, 1)
-         for z in (-1, 1)]
-    )  # fmt: skip
-    voxels = (np.linalg.inv(subject_to_mni @ affine) @ corners.T)[:3].T
+def _warp_in_box(
+    volume: FloatArray,
+    template: MniTemplate,
+    corners_mni: npt.NDArray[np.float64],
+    *,
+    affine: Affine,
+    shape: tuple[int, ...],
+    subject_to_mni: Affine,
+) -> FloatArray:
+    """A template-grid ``volume`` on a study grid, resampled only inside the study voxels'
+    bounding box of ``corners_mni`` (MNI mm, (8, 3)); 0 elsewhere. A full-grid warp costs
+    about 0.3 s per 240 x 240 x 155 study, and the template's content fills a part of it."""
+    homogeneous = np.hstack([corners_mni, np.ones((len(corners_mni), 1))])
+    voxels = (np.linalg.inv(subject_to_mni @ affine) @ homogeneous.T)[:3].T
     size = np.asarray(shape)
+    # One voxel of margin below and two above: the trilinear support of the box's edges.
     lo = np.clip(np.floor(voxels.min(axis=0)).astype(int) - 1, 0, size)
     hi = np.clip(np.ceil(voxels.max(axis=0)).astype(int) + 2, 0, size)
-    out = np.zeros(shape, dtype=bool)
+    out = np.zeros(shape, dtype=np.float32)
     if np.any(hi <= lo):
         return out
     box = affine.copy()
     box[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
-    region = resample(
-        template.sellar_region,
-        template.affine,
-        box,
-        tuple(int(n) for n in hi - lo),
-        transform=subject_to_mni,
+    out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = resample(
+        volume, template.affine, box, tuple(int(n) for n in hi - lo), transform=subject_to_mni
     )
-    out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = region >= 0.5
     return out
+
+
+def _box_corners(lo: npt.ArrayLike, hi: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """The 8 corners of the axis-aligned box ``lo``-``hi`` (mm)."""
+    a, b = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+    return np.array([[x, y, z] for x in (a[0], b[0]) for y in (a[1], b[1]) for z in (a[2], b[2])])
+
+
+def _template_box_mni(volume: FloatArray, template: MniTemplate) -> npt.NDArray[np.float64]:
+    """Corners (MNI mm) of the bounding box of ``volume``'s non-zero template voxels, one
+    voxel wider on each side (the trilinear support)."""
+    idx = np.argwhere(volume > 0)
+    if idx.size == 0:
+        return _box_corners(np.zeros(3), np.zeros(3))
+    corners = _box_corners(idx.min(axis=0) - 1, idx.max(axis=0) + 1)
+    world = (template.affine @ np.hstack([corners, np.ones((8, 1))]).T)[:3].T
+    return _box_corners(world.min(axis=0), world.max(axis=0))
+
+
+def sellar_region_on_grid(
+    template: MniTemplate, affine: Affine, shape: tuple[int, ...], subject_to_mni: Affine
+) -> BoolArray:
+    """The template's sellar region on a study grid, resampled only around the region."""
+    # 1.5 x the radius: room for the fit's scale (within +-20 %) and the trilinear support.
+    centre, radius = np.asarray(SELLA_MNI_MM), 1.5 * SELLAR_REGION_MM
+    corners = _box_corners(centre - radius, centre + radius)
+    region = _warp_in_box(
+        template.sellar_region,
+        template,
+        corners,
+        affine=affine,
+        shape=shape,
+        subject_to_mni=subject_to_mni,
+    )
+    mask: BoolArray = region >= 0.5
+    return mask
 
 
 @lru_cache(maxsize=2)
@@ -214,10 +249,25 @@ def _initial(template: MniTemplate, head_mm: npt.NDArray[np.float64]) -> Affine:
 
 def provisional_mask(subject: FloatArray, affine: Affine, head: BoolArray) -> BoolArray:
     """Intensity heuristic (see module docstring, step 1), on the subject's own grid."""
+    out = np.zeros(subject.shape, dtype=bool)
+    if not head.any():
+        return out
+    # Worked out inside the head's bounding box and a margin of background: every step
+    # (distance to the background, openings, components, hole filling) gives there what it
+    # gives on the whole grid, at the cost of the head's voxels rather than the field of view's.
+    idx = np.argwhere(head)
+    lo = np.maximum(idx.min(axis=0) - 2, 0)
+    hi = np.minimum(idx.max(axis=0) + 3, np.asarray(head.shape))
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
     zooms = np.linalg.norm(affine[:3, :3], axis=0)
+    out[box] = _provisional_in_box(subject[box], zooms, head[box])
+    return out
+
+
+def _provisional_in_box(
+    subject: FloatArray, zooms: npt.NDArray[np.float64], head: BoolArray
+) -> BoolArray:
     values = subject[head]
-    if values.size == 0:
-        return np.zeros(subject.shape, dtype=bool)
     lo, hi = np.percentile(values, [20, 99])
     hist, edges = np.histogram(values[(values > lo) & (values < hi)], bins=64)
     peak = int(np.argmax(ndimage.gaussian_filter1d(hist.astype(np.float64), 2)))
@@ -237,9 +287,7 @@ def provisional_mask(subject: FloatArray, affine: Affine, head: BoolArray) -> Bo
         iterations=max(1, round(_REGROW_MM / float(zooms[:2].mean()))),
         mask=tissue,
     )
-    for k in range(grown.shape[2]):  # ventricles and dark CSF spaces are brain
-        grown[:, :, k] = ndimage.binary_fill_holes(grown[:, :, k])
-    return grown
+    return fill_holes(grown, per_slice=True)  # ventricles and dark CSF spaces are brain
 
 
 def _fit(
@@ -311,28 +359,16 @@ def extract_brain(study: AlignedStudy, models_dir: Path) -> BrainMask:
     subject_to_mni: Affine = np.asarray(np.linalg.inv(mni_to_subject), dtype=np.float64)
     # The template mask, dilated by one voxel (2 mm), onto the study grid.
     dilated = ndimage.binary_dilation(template.mask > 0).astype(np.float32)
-    mask = (
-        resample(
-            dilated,
-            template.affine,
-            study.affine,
-            study.shape,
-            transform=subject_to_mni,
-        )
-        >= 0.5
-    )
+    box = _template_box_mni(dilated, template)
+    warp: dict[str, Any] = {
+        "affine": study.affine,
+        "shape": study.shape,
+        "subject_to_mni": subject_to_mni,
+    }
+    mask = _warp_in_box(dilated, template, box, **warp) >= 0.5
     agreement = _dice(mask, provisional)
     # The volume is judged without the dilation: it estimates the intracranial volume.
-    undilated = (
-        resample(
-            template.mask,
-            template.affine,
-            study.affine,
-            study.shape,
-            transform=subject_to_mni,
-        )
-        >= 0.5
-    )
+    undilated = _warp_in_box(template.mask, template, box, **warp) >= 0.5
     problems = _sanity(undilated, head, study.affine, agreement)
     method = "template registration"
     warnings: list[str] = []

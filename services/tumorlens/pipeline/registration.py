@@ -122,6 +122,28 @@ def largest_component(mask: BoolArray) -> BoolArray:
     return out
 
 
+def fill_holes(mask: BoolArray, *, per_slice: bool = False) -> BoolArray:
+    """``mask`` with its holes filled: the background components (face-connected; with
+    ``per_slice`` only within each slice of the last axis) that touch no edge of the array
+    (with ``per_slice``, no in-plane edge). What ``ndimage.binary_fill_holes`` gives, slice by
+    slice or in 3D, in one labelling pass: its flood fill took ~4 ms per 240 x 240 slice."""
+    structure = ndimage.generate_binary_structure(3, 1)
+    if per_slice:
+        structure[:, :, 0] = structure[:, :, 2] = False
+    labels, count = ndimage.label(~mask, structure=structure)
+    if count == 0:
+        return mask.copy()
+    edges = [labels[0], labels[-1], labels[:, 0], labels[:, -1]]
+    if not per_slice:
+        edges += [labels[:, :, 0], labels[:, :, -1]]
+    outside = np.zeros(count + 1, dtype=bool)
+    for edge in edges:
+        outside[np.unique(edge)] = True
+    outside[0] = False  # label 0: the mask itself
+    filled: BoolArray = ~outside[labels]
+    return filled
+
+
 def head_mask(volume: FloatArray) -> BoolArray:
     """Head foreground: above Otsu's threshold, largest component, holes filled per slab."""
     positive = volume[volume > 0]
@@ -129,11 +151,8 @@ def head_mask(volume: FloatArray) -> BoolArray:
         return np.zeros(volume.shape, dtype=bool)
     mask = volume > otsu_threshold(positive) * 0.5  # half Otsu keeps dark skull and CSF
     mask = largest_component(ndimage.binary_opening(mask, iterations=1))
-    filled: BoolArray = ndimage.binary_fill_holes(mask)
     # Holes open to the edge of a cut field of view are not filled in 3D; fill slice by slice.
-    for k in range(filled.shape[2]):
-        filled[:, :, k] = ndimage.binary_fill_holes(filled[:, :, k])
-    return filled
+    return fill_holes(fill_holes(mask), per_slice=True)
 
 
 def resample_isotropic(
@@ -173,6 +192,10 @@ def resample(
     target mm to source mm when the two are not in one space."""
     world = target_affine if transform is None else transform @ target_affine
     mapping = np.linalg.inv(source_affine) @ world  # target voxel -> source voxel
+    if tuple(volume.shape) == tuple(target_shape) and np.allclose(mapping, np.eye(4), atol=1e-6):
+        # The same grid (series of one acquisition geometry, BraTS files): interpolating at
+        # the voxel centres would return the values themselves, after ~0.3 s per 240^2 x 155.
+        return np.array(volume, dtype=np.float32)
     out = ndimage.affine_transform(
         np.asarray(volume, dtype=np.float32),
         mapping[:3, :3],
