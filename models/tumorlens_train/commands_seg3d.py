@@ -207,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         min_component_ml=args.min_component_ml,
         min_enhancing_ml=args.min_enhancing_ml,
+        template_dir=args.template_dir,
     )
     log.info("wrote %s", card)
     return 0

@@ -381,12 +381,15 @@ def export_checkpoint(
     verify_real: NDArray[np.float32] | None = None,
     min_component_ml: float = 0.0,
     min_enhancing_ml: float = 0.0,
+    template_dir: Path | None = None,
 ) -> Path:
     """``best.pt`` -> ``<out>/<name>.onnx`` + ``<out>/<name>.json``; returns the card path.
 
     With ``heldout`` the card gets held-out metrics on all four sequences and on each of
     ``heldout_subsets``, and lists exactly those subsets as ``validated_subsets`` (which the
-    worker reads: a study analysed on another subset gets a note)."""
+    worker reads: a study analysed on another subset gets a note). The held-out cases' brain
+    extraction reads the MNI template beside the card, else in ``template_dir``; a held-out
+    run that could score no case is an error, not a card without metrics."""
     model, ckpt = load_net(str(checkpoint))
     grid = GridSpec.from_dict(ckpt.get("train", {}).get("grid", GridSpec().to_dict()))
     onnx_path = out_dir / f"{name}.onnx"
@@ -427,8 +430,18 @@ def export_checkpoint(
             if unknown:
                 raise ValueError(f"unknown sequences {sorted(unknown)}; expected {SEQUENCES}")
             report, _ = evaluate_volumes(
-                heldout, card_path, out_dir, threads=threads, sequences=subset
+                heldout,
+                card_path,
+                out_dir if template_dir is None else template_dir,
+                threads=threads,
+                sequences=subset,
             )
+            if report.n_cases == 0:
+                reasons = sorted({item["reason"] for item in report.skipped})
+                raise RuntimeError(
+                    f"held-out evaluation of {heldout} scored no case"
+                    f" ({report.n_skipped} skipped: {'; '.join(reasons[:3])})"
+                )
             metrics = report.to_dict()
             metrics.pop("cases", None)
             metrics["dataset"] = str(heldout)

@@ -189,11 +189,8 @@ def test_mni_grid_phantom_export_card(tmp_path: Path) -> None:
     heldout = tmp_path / "heldout"
     config = PhantomConfig(spacing=4.0, thick_slice_prob=0.0)
     write_index(heldout, [write_case(generate_case(5, "hgg", config), heldout, "case_0")])
-    template = "mni_icbm152_2009a_brainmask_2mm.nii.gz"
-    shutil.copy(
-        Path(__file__).resolve().parents[2] / "models/tumorlens_zoo" / template, tmp_path / "zoo"
-    )
-    export = functools.partial(
+    zoo = Path(__file__).resolve().parents[2] / "models/tumorlens_zoo"
+    beside = functools.partial(
         export3d.export_checkpoint,
         checkpoint=cfg.work_dir / "best.pt",
         out_dir=tmp_path / "zoo",
@@ -202,6 +199,15 @@ def test_mni_grid_phantom_export_card(tmp_path: Path) -> None:
         heldout=heldout,
         threads=1,
     )
+    # No template beside the card nor in template_dir: every case skipped is an error.
+    with pytest.raises(RuntimeError, match="scored no case"):
+        beside(template_dir=tmp_path / "nowhere")
+    # The template found in template_dir (the seg3d command's --template-dir).
+    card = json.loads(beside(template_dir=zoo).read_text())
+    assert card["metrics"]["held_out_phantoms_all_sequences"]["n_cases"] == 1
+    template = "mni_icbm152_2009a_brainmask_2mm.nii.gz"
+    shutil.copy(zoo / template, tmp_path / "zoo")
+    export = beside  # the template now beside the card
     card = json.loads(export(heldout_subsets=[("t1ce", "flair")]).read_text())
     assert card["inputs"][0]["validated_subsets"] == [
         ["t1", "t1ce", "t2", "flair"],
