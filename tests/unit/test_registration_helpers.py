@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from tumorlens.pipeline.registration import fill_holes, resample
+from tumorlens.pipeline.registration import fill_holes, resample, support_box
 
 
 def _interpolated(volume: np.ndarray, mapping: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -75,3 +75,36 @@ def test_fill_holes_fills_a_hollow_ball() -> None:
     shell = _masks()[1]
     assert fill_holes(shell).sum() > shell.sum()
     assert fill_holes(shell)[15, 15, 6] and not shell[15, 15, 6]
+
+
+def test_support_box_of_the_identity_is_the_bounding_box_with_its_margins() -> None:
+    mask = np.zeros((20, 20, 10), dtype=bool)
+    mask[5:8, 9, 4:6] = True
+    box = support_box(mask, np.eye(4), mask.shape)
+    assert box == (slice(3, 10), slice(7, 12), slice(2, 8))
+    # Clipped to the grid; empty masks and boxes mapped outside the grid give None.
+    mask[0, 0, 0] = True
+    assert support_box(mask, np.eye(4), mask.shape) == (slice(0, 10), slice(0, 12), slice(0, 8))
+    assert support_box(np.zeros((4, 4, 4), dtype=bool), np.eye(4), (4, 4, 4)) is None
+    far = np.eye(4)
+    far[:3, 3] = 100.0
+    assert support_box(mask, far, mask.shape) is None
+
+
+def test_support_box_covers_every_voxel_a_resampling_reaches() -> None:
+    """A rotated, scaled source resampled onto a target: outside the box all is zero."""
+    source = np.zeros((30, 30, 12), dtype=np.float32)
+    source[10:14, 12:20, 5:7] = 1.0
+    source_affine = np.diag([2.0, 2.0, 4.0, 1.0])
+    target_affine = np.diag([0.9, 0.9, 3.0, 1.0])
+    angle = np.radians(20.0)
+    transform = np.eye(4)  # target mm -> source mm
+    transform[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    shape = (80, 80, 16)
+    full = resample(source, source_affine, target_affine, shape, transform=transform)
+    source_to_target = np.linalg.inv(transform @ target_affine) @ source_affine
+    box = support_box(source > 0, source_to_target, shape)
+    assert box is not None
+    outside = full.copy()
+    outside[box] = 0.0
+    assert full.sum() > 0 and not outside.any()

@@ -28,6 +28,7 @@ from tumorlens.inference.preprocess3d import (
     softmax,
 )
 from tumorlens.inference.session import create_session
+from tumorlens.pipeline.registration import box_affine, support_box
 
 FEATURES_OUTPUT = "type_features"
 #: Internal label indices on the model grid (BraTS 1, 2, 4 -> 1, 2, 3).
@@ -226,23 +227,10 @@ def labels_on_native(
     shape = tuple(int(n) for n in native_shape)
     out = np.zeros(shape, dtype=np.uint8)
     tumour = np.argmax(probs, axis=0) != 0
-    if not tumour.any():
+    box = support_box(tumour, np.linalg.inv(native_affine) @ grid, shape)
+    if box is None:
         return out
-    idx = np.argwhere(tumour)
-    lo, hi = idx.min(axis=0) - 1.0, idx.max(axis=0) + 1.0
-    corners = np.array(
-        [[x, y, z, 1.0] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]
-    )
-    to_native = np.linalg.inv(native_affine) @ grid
-    native = (to_native @ corners.T).T[:, :3]
-    start = np.clip(np.floor(native.min(axis=0)).astype(int) - 1, 0, shape)
-    stop = np.clip(np.ceil(native.max(axis=0)).astype(int) + 2, 0, shape)
-    if np.any(stop <= start):
-        return out
-    shift = np.eye(4)
-    shift[:3, 3] = start
-    box = tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))
     out[box] = probabilities_to_native(
-        probs, grid, native_affine @ shift, [int(b - a) for a, b in zip(start, stop, strict=True)]
+        probs, grid, box_affine(native_affine, box), [b.stop - b.start for b in box]
     )
     return out

@@ -46,12 +46,14 @@ from tumorlens.pipeline.registration import (
     Affine,
     BoolArray,
     FloatArray,
+    box_affine,
     fill_holes,
     head_mask,
     largest_component,
     register,
     resample,
     resample_isotropic,
+    support_box,
 )
 from tumorlens.pipeline.volumes import nifti_image
 
@@ -98,6 +100,7 @@ class MniTemplate:
     mask: FloatArray  # 0/1
     affine: Affine
     sellar_region: FloatArray  # 0/1: ball of SELLAR_REGION_MM around SELLA_MNI_MM
+    dilated: FloatArray  # 0/1: ``mask`` dilated by one voxel (2 mm), the mask a study gets
 
 
 def sellar_region(shape: tuple[int, ...], affine: Affine) -> FloatArray:
@@ -134,69 +137,38 @@ class BrainMask:
         return np.asarray(world[:3], dtype=np.float64)
 
 
-def _warp_in_box(
+def _on_study_grid(
     volume: FloatArray,
     template: MniTemplate,
-    corners_mni: npt.NDArray[np.float64],
-    *,
-    affine: Affine,
-    shape: tuple[int, ...],
+    study: tuple[Affine, tuple[int, ...]],
     subject_to_mni: Affine,
 ) -> FloatArray:
-    """A template-grid ``volume`` on a study grid, resampled only inside the study voxels'
-    bounding box of ``corners_mni`` (MNI mm, (8, 3)); 0 elsewhere. A full-grid warp costs
-    about 0.3 s per 240 x 240 x 155 study, and the template's content fills a part of it."""
-    homogeneous = np.hstack([corners_mni, np.ones((len(corners_mni), 1))])
-    voxels = (np.linalg.inv(subject_to_mni @ affine) @ homogeneous.T)[:3].T
-    size = np.asarray(shape)
-    # One voxel of margin below and two above: the trilinear support of the box's edges.
-    lo = np.clip(np.floor(voxels.min(axis=0)).astype(int) - 1, 0, size)
-    hi = np.clip(np.ceil(voxels.max(axis=0)).astype(int) + 2, 0, size)
+    """A template-grid ``volume`` on a study grid (``study``: affine, shape), resampled only
+    where it can be non-zero (:func:`~tumorlens.pipeline.registration.support_box`); the
+    same values as a warp of the whole grid (``bench/brain_mask.py`` times both)."""
+    affine, shape = study
     out = np.zeros(shape, dtype=np.float32)
-    if np.any(hi <= lo):
-        return out
-    box = affine.copy()
-    box[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
-    out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = resample(
-        volume, template.affine, box, tuple(int(n) for n in hi - lo), transform=subject_to_mni
-    )
+    to_study = np.linalg.inv(subject_to_mni @ affine) @ template.affine
+    box = support_box(volume > 0, to_study, shape)
+    if box is not None:
+        out[box] = resample(
+            volume,
+            template.affine,
+            box_affine(affine, box),
+            tuple(b.stop - b.start for b in box),
+            transform=subject_to_mni,
+        )
     return out
-
-
-def _box_corners(lo: npt.ArrayLike, hi: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    """The 8 corners of the axis-aligned box ``lo``-``hi`` (mm)."""
-    a, b = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
-    return np.array([[x, y, z] for x in (a[0], b[0]) for y in (a[1], b[1]) for z in (a[2], b[2])])
-
-
-def _template_box_mni(volume: FloatArray, template: MniTemplate) -> npt.NDArray[np.float64]:
-    """Corners (MNI mm) of the bounding box of ``volume``'s non-zero template voxels, one
-    voxel wider on each side (the trilinear support)."""
-    idx = np.argwhere(volume > 0)
-    if idx.size == 0:
-        return _box_corners(np.zeros(3), np.zeros(3))
-    corners = _box_corners(idx.min(axis=0) - 1, idx.max(axis=0) + 1)
-    world = (template.affine @ np.hstack([corners, np.ones((8, 1))]).T)[:3].T
-    return _box_corners(world.min(axis=0), world.max(axis=0))
 
 
 def sellar_region_on_grid(
     template: MniTemplate, affine: Affine, shape: tuple[int, ...], subject_to_mni: Affine
 ) -> BoolArray:
-    """The template's sellar region on a study grid, resampled only around the region."""
-    # 1.5 x the radius: room for the fit's scale (within +-20 %) and the trilinear support.
-    centre, radius = np.asarray(SELLA_MNI_MM), 1.5 * SELLAR_REGION_MM
-    corners = _box_corners(centre - radius, centre + radius)
-    region = _warp_in_box(
-        template.sellar_region,
-        template,
-        corners,
-        affine=affine,
-        shape=shape,
-        subject_to_mni=subject_to_mni,
+    """The template's sellar region on a study grid."""
+    region: BoolArray = (
+        _on_study_grid(template.sellar_region, template, (affine, shape), subject_to_mni) >= 0.5
     )
-    mask: BoolArray = region >= 0.5
-    return mask
+    return region
 
 
 @lru_cache(maxsize=2)
@@ -216,6 +188,7 @@ def load_mni_template(models_dir: Path) -> MniTemplate:
         mask=(data > 0).astype(np.float32),
         affine=affine,
         sellar_region=sellar_region(data.shape, affine),
+        dilated=ndimage.binary_dilation(data > 0).astype(np.float32),
     )
 
 
@@ -250,17 +223,13 @@ def _initial(template: MniTemplate, head_mm: npt.NDArray[np.float64]) -> Affine:
 def provisional_mask(subject: FloatArray, affine: Affine, head: BoolArray) -> BoolArray:
     """Intensity heuristic (see module docstring, step 1), on the subject's own grid."""
     out = np.zeros(subject.shape, dtype=bool)
-    if not head.any():
-        return out
     # Worked out inside the head's bounding box and a margin of background: every step
     # (distance to the background, openings, components, hole filling) gives there what it
     # gives on the whole grid, at the cost of the head's voxels rather than the field of view's.
-    idx = np.argwhere(head)
-    lo = np.maximum(idx.min(axis=0) - 2, 0)
-    hi = np.minimum(idx.max(axis=0) + 3, np.asarray(head.shape))
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-    zooms = np.linalg.norm(affine[:3, :3], axis=0)
-    out[box] = _provisional_in_box(subject[box], zooms, head[box])
+    box = support_box(head, np.eye(4), head.shape)
+    if box is not None:
+        zooms = np.linalg.norm(affine[:3, :3], axis=0)
+        out[box] = _provisional_in_box(subject[box], zooms, head[box])
     return out
 
 
@@ -357,18 +326,11 @@ def extract_brain(study: AlignedStudy, models_dir: Path) -> BrainMask:
     initial = _initial(template, _points(head, study.affine))
     mni_to_subject, _ = _fit(template, provisional, study.affine, initial)
     subject_to_mni: Affine = np.asarray(np.linalg.inv(mni_to_subject), dtype=np.float64)
-    # The template mask, dilated by one voxel (2 mm), onto the study grid.
-    dilated = ndimage.binary_dilation(template.mask > 0).astype(np.float32)
-    box = _template_box_mni(dilated, template)
-    warp: dict[str, Any] = {
-        "affine": study.affine,
-        "shape": study.shape,
-        "subject_to_mni": subject_to_mni,
-    }
-    mask = _warp_in_box(dilated, template, box, **warp) >= 0.5
+    grid = (study.affine, study.shape)
+    mask = _on_study_grid(template.dilated, template, grid, subject_to_mni) >= 0.5
     agreement = _dice(mask, provisional)
     # The volume is judged without the dilation: it estimates the intracranial volume.
-    undilated = _warp_in_box(template.mask, template, box, **warp) >= 0.5
+    undilated = _on_study_grid(template.mask, template, grid, subject_to_mni) >= 0.5
     problems = _sanity(undilated, head, study.affine, agreement)
     method = "template registration"
     warnings: list[str] = []

@@ -122,11 +122,45 @@ def largest_component(mask: BoolArray) -> BoolArray:
     return out
 
 
+def support_box(
+    nonzero: BoolArray, source_to_target: Affine, target_shape: tuple[int, ...]
+) -> tuple[slice, ...] | None:
+    """The box of target voxels (a slice per axis) that can take a non-zero value when the
+    source, non-zero at ``nonzero``, is resampled trilinearly onto the target grid
+    (``source_to_target``: source voxel -> target voxel): the source voxels' bounding box one
+    voxel wider (the interpolation's support), mapped, with a voxel of margin below and two
+    above; None when that is empty. With the identity it is ``nonzero``'s bounding box with
+    2 voxels of margin below and 3 above (slice ends are exclusive)."""
+    idx = np.argwhere(nonzero)
+    if idx.size == 0:
+        return None
+    lo, hi = idx.min(axis=0) - 1.0, idx.max(axis=0) + 1.0
+    corners = np.array(
+        [[x, y, z, 1.0] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]
+    )
+    target = (source_to_target @ corners.T).T[:, :3]
+    size = np.asarray(target_shape)
+    start = np.clip(np.floor(target.min(axis=0)).astype(int) - 1, 0, size)
+    stop = np.clip(np.ceil(target.max(axis=0)).astype(int) + 2, 0, size)
+    if np.any(stop <= start):
+        return None
+    return tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))
+
+
+def box_affine(affine: Affine, box: tuple[slice, ...]) -> Affine:
+    """The affine of the sub-grid ``box`` of a grid with ``affine``."""
+    out = affine.copy()
+    start = np.array([b.start for b in box], dtype=np.float64)
+    out[:3, 3] = affine[:3, :3] @ start + affine[:3, 3]
+    return out
+
+
 def fill_holes(mask: BoolArray, *, per_slice: bool = False) -> BoolArray:
     """``mask`` with its holes filled: the background components (face-connected; with
     ``per_slice`` only within each slice of the last axis) that touch no edge of the array
     (with ``per_slice``, no in-plane edge). What ``ndimage.binary_fill_holes`` gives, slice by
-    slice or in 3D, in one labelling pass: its flood fill took ~4 ms per 240 x 240 slice."""
+    slice or in 3D, in one labelling pass instead of its flood fill per slice (3.5x faster on
+    240 x 240 x 155 in ``bench/brain_mask.py``)."""
     structure = ndimage.generate_binary_structure(3, 1)
     if per_slice:
         structure[:, :, 0] = structure[:, :, 2] = False
@@ -194,7 +228,8 @@ def resample(
     mapping = np.linalg.inv(source_affine) @ world  # target voxel -> source voxel
     if tuple(volume.shape) == tuple(target_shape) and np.allclose(mapping, np.eye(4), atol=1e-6):
         # The same grid (series of one acquisition geometry, BraTS files): interpolating at
-        # the voxel centres would return the values themselves, after ~0.3 s per 240^2 x 155.
+        # the voxel centres would return the values themselves, after ~0.8 s per 240^2 x 155
+        # (bench/brain_mask.py).
         return np.array(volume, dtype=np.float32)
     out = ndimage.affine_transform(
         np.asarray(volume, dtype=np.float32),
