@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Imported lazily by name: a missing module (not written yet) is skipped, not an error.
-COMMAND_MODULES: tuple[str, ...] = ("slices", "slices_ensemble", "phantoms", "seg3d")
+COMMAND_MODULES: tuple[str, ...] = ("slices", "slices_ensemble", "phantoms", "seg3d", "recard")
 
 Handler = Callable[[argparse.Namespace], int]
 

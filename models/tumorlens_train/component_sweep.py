@@ -2,13 +2,16 @@
 
     python -m tumorlens_train.component_sweep --work-dir out/train/seg3d_v4 \\
         [--checkpoint best.pt] [--thresholds 0,0.05,0.1,0.2,0.3,0.5] \\
-        [--enhancing-thresholds 0,0.1,0.5] [--data out/phantoms/tune3d_s]
+        [--enhancing-thresholds 0,0.1,0.5] [--data out/phantoms/tune3d_s] \\
+        [--bg-offsets 0,0.5,1] [--core-offsets 0] [--enhancing-offsets 0]
 
 Runs the checkpoint (torch) on the run's validation cases (``training.data.validation_cases``,
 from the run's cache, on the model grid), or with ``--data`` on every case of a separate
 tuning set (cached under WORK_DIR/tuning_cache), applies the runtime's
+:func:`~tumorlens.inference.volume_model.seg_probabilities` (the card's per-class logit offsets:
+background, core, oedema 0, enhancing) and
 :func:`~tumorlens.inference.volume_model.postprocess` (small components dropped, then small
-enhancement merged into core) at each pair of thresholds
+enhancement merged into core) at each combination of offsets and thresholds
 and prints mean Dice WT/TC/ET (a region absent from both truth and prediction scores 1, so a
 healthy case scores 1 with no tumour voxel, else 0). The held-out set plays no part: it
 measures the thresholds chosen here.
@@ -27,8 +30,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tumorlens.inference.preprocess3d import GridSpec, softmax
-from tumorlens.inference.volume_model import ml_to_voxels, postprocess
+from tumorlens.inference.preprocess3d import GridSpec
+from tumorlens.inference.volume_model import ml_to_voxels, postprocess, seg_probabilities
 from tumorlens_train.nets3d import TYPE_CLASSES, load_checkpoint
 from tumorlens_train.train_volumes import grid_dice
 from tumorlens_train.volumes import build_cache, load_cached
@@ -48,6 +51,7 @@ def sweep(
     thresholds: Sequence[float],
     enhancing_thresholds: Sequence[float] = (0.0,),
     *,
+    offsets: Sequence[Sequence[float]] = ((0.0, 0.0, 0.0, 0.0),),
     data: Path | None = None,
     workers: int = 1,
 ) -> dict[str, Any]:
@@ -59,13 +63,17 @@ def sweep(
         # Not under WORK_DIR/cache: the training folders' cases share these case ids.
         paths = build_cache(data, work_dir / "tuning_cache" / data.name, grid, workers)
     cases = load_cached(paths)
-    probs = []
+    logits = []
     with torch.no_grad():
         for case in tqdm(cases, desc="predict"):
-            logits = model(torch.from_numpy(case.image.astype(np.float32))[None])[0][0]
-            probs.append(softmax(logits.numpy(), axis=0))
+            out = model(torch.from_numpy(case.image.astype(np.float32))[None])[0][0]
+            logits.append(out.numpy())
     rows = []
-    for ml in thresholds:
+    for ml, offset in tqdm(
+        [(ml, o) for o in offsets for ml in thresholds], desc="sweep", unit="setting"
+    ):
+        vector = np.asarray(offset, dtype=np.float32)
+        probs = [seg_probabilities(lg, vector if vector.any() else None) for lg in logits]
         voxels = ml_to_voxels(ml, grid.spacing)
         kept = [postprocess(p, voxels, 0) for p in probs]  # once per component threshold
         for et_ml in enhancing_thresholds:
@@ -80,6 +88,7 @@ def sweep(
                 if TYPE_CLASSES[c.type_index] == "healthy"
             ]
             row: dict[str, Any] = {
+                "seg_logit_offsets": [float(v) for v in offset],
                 "min_tumour_component_ml": ml,
                 "min_enhancing_ml": et_ml,
                 "voxels": voxels,
@@ -91,7 +100,12 @@ def sweep(
             rows.append(row)
     best = max(
         rows,
-        key=lambda r: (r["score"], -r["min_enhancing_ml"], -r["min_tumour_component_ml"]),
+        key=lambda r: (
+            r["score"],
+            -sum(abs(v) for v in r["seg_logit_offsets"]),
+            -r["min_enhancing_ml"],
+            -r["min_tumour_component_ml"],
+        ),
     )
     return {
         "checkpoint": str(work_dir / checkpoint),
@@ -100,7 +114,12 @@ def sweep(
         "rows": rows,
         "chosen": best["min_tumour_component_ml"],
         "chosen_enhancing": best["min_enhancing_ml"],
+        "chosen_offsets": best["seg_logit_offsets"],
     }
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default="best.pt")
     parser.add_argument("--thresholds", default="0,0.05,0.1,0.2,0.3,0.5")
     parser.add_argument("--enhancing-thresholds", default="0")
+    for cls in ("bg", "core", "enhancing"):
+        parser.add_argument(
+            f"--{cls}-offsets",
+            default="0",
+            help=f"values added to the {cls} logit to try (comma-separated; default 0)",
+        )
     parser.add_argument("--data", type=Path, help="tuning set (BraTS layout) instead")
     parser.add_argument("--workers", type=int, default=1, help="processes preparing --data")
     parser.add_argument("--json", type=Path, help="also write the result here")
@@ -119,13 +144,20 @@ def main(argv: list[str] | None = None) -> int:
         args.checkpoint,
         [float(v) for v in args.thresholds.split(",")],
         [float(v) for v in args.enhancing_thresholds.split(",")],
+        offsets=[
+            (bg, core, 0.0, enh)
+            for bg in _floats(args.bg_offsets)
+            for core in _floats(args.core_offsets)
+            for enh in _floats(args.enhancing_offsets)
+        ],
         data=args.data,
         workers=args.workers,
     )
     for row in result["rows"]:
         print(json.dumps(row))
     print(
-        "chosen (best mean Dice; smallest on ties, enhancing first): "
+        "chosen (best mean Dice; on ties the smallest offsets, then thresholds, enhancing "
+        f"first): seg_logit_offsets {result['chosen_offsets']}, "
         f"min_tumour_component_ml {result['chosen']}, "
         f"min_enhancing_ml {result['chosen_enhancing']}"
     )

@@ -19,7 +19,12 @@ from numpy.typing import NDArray
 
 from tumorlens.inference.card import sha256_file
 from tumorlens.inference.preprocess3d import SEQUENCES, GridSpec
-from tumorlens.inference.volume_model import MIN_COMPONENT_ML, MIN_ENHANCING_ML
+from tumorlens.inference.refine import BOUNDARY_REFINEMENT, BoundaryRefinement
+from tumorlens.inference.volume_model import (
+    MIN_COMPONENT_ML,
+    MIN_ENHANCING_ML,
+    SEG_LOGIT_OFFSETS,
+)
 from tumorlens_train.export import (
     MAX_BYTES,
     OPSET,
@@ -343,10 +348,23 @@ def build_card(
     }
 
 
-def postprocessing_entry(min_component_ml: float, min_enhancing_ml: float) -> dict[str, Any]:
-    """The card's ``postprocessing`` block (empty when neither step is on)."""
+def postprocessing_entry(
+    min_component_ml: float,
+    min_enhancing_ml: float,
+    *,
+    seg_logit_offsets: Sequence[float] | None = None,
+    refinement: BoundaryRefinement | None = None,
+) -> dict[str, Any]:
+    """The card's ``postprocessing`` block (empty when no step is on), in the runtime's order."""
     post: dict[str, Any] = {}
     rules = []
+    if seg_logit_offsets is not None and any(float(v) != 0.0 for v in seg_logit_offsets):
+        post[SEG_LOGIT_OFFSETS] = [float(v) for v in seg_logit_offsets]
+        rules.append(
+            "seg_logit_offsets (background, core, oedema, enhancing) are added to the "
+            "segmentation logits before the softmax "
+            "(tumorlens.inference.volume_model.seg_probabilities)"
+        )
     if min_component_ml > 0:
         post[MIN_COMPONENT_ML] = min_component_ml
         rules.append(
@@ -366,6 +384,17 @@ def postprocessing_entry(min_component_ml: float, min_enhancing_ml: float) -> di
             + "; ".join(rules)
             + "; the held-out metrics below include it"
         )
+    if refinement is not None:
+        post[BOUNDARY_REFINEMENT] = refinement.to_dict() | {
+            "rule": (
+                "on the study's grid, after resampling: where the upsampled probability of a "
+                "boundary's inside is between uncertain and 1 - uncertain, the boundary (whole "
+                "tumour / background, then core / oedema, then enhancing / core) is redrawn "
+                "from the model's logit plus strength x the log-likelihood ratio of a linear "
+                "discriminant fitted to that study's confident voxels within sample_band_mm on "
+                "both sides (tumorlens.inference.refine); the held-out metrics include it"
+            )
+        }
     return post
 
 
@@ -421,41 +450,59 @@ def export_checkpoint(
         card["postprocessing"] = post
     card_path.write_text(json.dumps(card, indent=1) + "\n")
     if heldout is not None and heldout.is_dir():
-        from tumorlens.evaluation.volumes import evaluate_volumes
-
-        card["metrics"] = {}
-        validated: list[list[str]] = []
-        for subset in (tuple(SEQUENCES), *(tuple(sub) for sub in heldout_subsets)):
-            unknown = set(subset) - set(SEQUENCES)
-            if unknown:
-                raise ValueError(f"unknown sequences {sorted(unknown)}; expected {SEQUENCES}")
-            report, _ = evaluate_volumes(
-                heldout,
-                card_path,
-                out_dir if template_dir is None else template_dir,
-                threads=threads,
-                sequences=subset,
-            )
-            if report.n_cases == 0:
-                reasons = sorted({item["reason"] for item in report.skipped})
-                raise RuntimeError(
-                    f"held-out evaluation of {heldout} scored no case"
-                    f" ({report.n_skipped} skipped: {'; '.join(reasons[:3])})"
-                )
-            metrics = report.to_dict()
-            metrics.pop("cases", None)
-            metrics["dataset"] = str(heldout)
-            metrics["sequences"] = list(subset)
-            metrics["runtime"] = f"onnxruntime {ort.__version__} CPU, {threads} threads, batch 1"
-            key = "all_sequences" if len(subset) == len(SEQUENCES) else "_".join(subset) + "_only"
-            card["metrics"][f"held_out_phantoms_{key}"] = metrics
-            validated.append(list(subset))
-        spec = card["inputs"][0]
-        spec["validated_subsets"] = validated
-        spec["supported_sequence_subsets"]["measured"] = (
-            "; ".join("+".join(sub) for sub in validated)
-            + " (held-out metrics); listed in validated_subsets, which the worker reads: "
-            "other subsets run with a note in the report"
+        measure_heldout(
+            card,
+            card_path,
+            heldout,
+            heldout_subsets,
+            template_dir=out_dir if template_dir is None else template_dir,
+            threads=threads,
         )
-        card_path.write_text(json.dumps(card, indent=1) + "\n")
     return card_path
+
+
+def measure_heldout(
+    card: dict[str, Any],
+    card_path: Path,
+    heldout: Path,
+    heldout_subsets: Sequence[Sequence[str]],
+    *,
+    template_dir: Path,
+    threads: int = 2,
+) -> None:
+    """Score the model of ``card_path`` (as written, post-processing included) on ``heldout``
+    with all four sequences and each subset; write ``metrics.held_out_phantoms_*`` and
+    ``validated_subsets`` into ``card`` and the file. A run scoring no case is an error."""
+    from tumorlens.evaluation.volumes import evaluate_volumes
+
+    card["metrics"] = {}
+    validated: list[list[str]] = []
+    for subset in (tuple(SEQUENCES), *(tuple(sub) for sub in heldout_subsets)):
+        unknown = set(subset) - set(SEQUENCES)
+        if unknown:
+            raise ValueError(f"unknown sequences {sorted(unknown)}; expected {SEQUENCES}")
+        report, _ = evaluate_volumes(
+            heldout, card_path, template_dir, threads=threads, sequences=subset
+        )
+        if report.n_cases == 0:
+            reasons = sorted({item["reason"] for item in report.skipped})
+            raise RuntimeError(
+                f"held-out evaluation of {heldout} scored no case"
+                f" ({report.n_skipped} skipped: {'; '.join(reasons[:3])})"
+            )
+        metrics = report.to_dict()
+        metrics.pop("cases", None)
+        metrics["dataset"] = str(heldout)
+        metrics["sequences"] = list(subset)
+        metrics["runtime"] = f"onnxruntime {ort.__version__} CPU, {threads} threads, batch 1"
+        key = "all_sequences" if len(subset) == len(SEQUENCES) else "_".join(subset) + "_only"
+        card["metrics"][f"held_out_phantoms_{key}"] = metrics
+        validated.append(list(subset))
+    spec = card["inputs"][0]
+    spec["validated_subsets"] = validated
+    spec["supported_sequence_subsets"]["measured"] = (
+        "; ".join("+".join(sub) for sub in validated)
+        + " (held-out metrics); listed in validated_subsets, which the worker reads: "
+        "other subsets run with a note in the report"
+    )
+    card_path.write_text(json.dumps(card, indent=1) + "\n")

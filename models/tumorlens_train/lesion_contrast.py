@@ -26,7 +26,12 @@ from scipy import ndimage
 
 from tumorlens.evaluation.volumes import case_brain, motion_corrected, template_dir
 from tumorlens.inference.preprocess3d import SEQUENCES, load_nifti, preprocess_arrays
-from tumorlens.inference.volume_model import ENHANCING, VolumeModel
+from tumorlens.inference.volume_model import (
+    ENHANCING,
+    VolumeModel,
+    postprocess,
+    seg_probabilities,
+)
 from tumorlens_train.nets3d import TYPE_CLASSES
 
 LABELS = {1: "core", 2: "oedema", 3: "enhancing"}
@@ -83,7 +88,9 @@ def case_table(folder: Path, model: Path) -> dict[str, Any]:
         brain_mask=(brain.mask, brain.affine),
     )
     logits = net.session.run(["seg_logits"], {net.card.input_name: prepared.image[None]})[0][0]
-    labels = np.argmax(logits, axis=0)
+    # The runtime's labels on the model grid: the card's offsets and post-processing included.
+    probs = seg_probabilities(np.asarray(logits), net.seg_logit_offsets)
+    labels = np.argmax(postprocess(probs, net.min_component_voxels, net.min_enhancing_voxels), 0)
     tumour = labels > 0
     out: dict[str, Any] = {
         "model": f"{net.card.raw.get('name')} {net.card.raw.get('version')}",

@@ -212,3 +212,98 @@ def test_card_post_processing_is_what_the_runtime_applies(cases: Path, tmp_path:
     assert dice["merged"]["ET"] == 0.0
     assert dice["merged"]["TC"] >= dice["shipped"]["TC"] - 0.02
     assert dice["merged"]["WT"] == pytest.approx(dice["shipped"]["WT"], abs=0.02)
+
+
+def _healthy_cases(cases: Path) -> list[Path]:
+    return [p for p in sorted(cases.iterdir()) if p.is_dir() and p.name != "broken"]
+
+
+@pytest.fixture(scope="module")
+def tuning(cases: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fixture's three readable cases only (the sweep has no skip logic to test)."""
+    root = tmp_path_factory.mktemp("tuning")
+    for case in _healthy_cases(cases):
+        shutil.copytree(case, root / case.name)
+    shutil.copy(cases / "cases.json", root / "cases.json")
+    return root
+
+
+def test_refine_sweep_scores_each_strength_with_the_runtime_path(tuning: Path) -> None:
+    pytest.importorskip("torch", reason="tumorlens_train needs the train extra")
+    from tumorlens_train import refine_sweep
+
+    result = refine_sweep.sweep(ZOO / "tumour3d.json", tuning, [0.0, 8.0], threads=2)
+    assert result["n_cases"] == 3
+    rows = {r["strength"]: r for r in result["rows"]}
+    assert set(rows) == {0.0, 8.0}
+    assert result["chosen_strength"] in rows
+    for row in rows.values():
+        assert row["score"] == pytest.approx((row["WT"] + row["TC"] + row["ET"]) / 3, abs=1e-3)
+    # Strength 0 is the plain runtime: the same Dice as evaluate volumes without refinement.
+    from tumorlens.evaluation.volumes import evaluate_volumes
+
+    card = json.loads((ZOO / "tumour3d.json").read_text())
+    if not (card.get("postprocessing") or {}).get("boundary_refinement"):
+        report, _ = evaluate_volumes(tuning, ZOO / "tumour3d.json", ZOO, threads=2)
+        assert rows[0.0]["WT"] == pytest.approx(report.summary["dice_WT"], abs=1e-3)
+    # 4 mm phantoms are coarser than the model grid: still, refinement must not wreck them.
+    assert rows[8.0]["WT"] > 0.5
+
+
+def test_recard_keeps_the_onnx_and_remeasures_with_the_new_postprocessing(
+    tuning: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("torch", reason="tumorlens_train needs the train extra")
+    from tumorlens_train.cli import main as train_main
+
+    out = tmp_path / "zoo"
+    rc = train_main(
+        [
+            "recard",
+            "--card",
+            str(ZOO / "tumour3d.json"),
+            "--out",
+            str(out),
+            "--version",
+            "9.9.9",
+            "--refinement-strength",
+            "8",
+            "--seg-logit-offsets",
+            "0.5,0,0,0",
+            "--heldout",
+            str(tuning),
+            "--heldout-subset",
+            "t1ce,flair",
+            "--also",
+            f"again={tuning}",
+        ]
+    )
+    assert rc == 0
+    source = json.loads((ZOO / "tumour3d.json").read_text())
+    card = json.loads((out / "tumour3d.json").read_text())
+    assert card["version"] == "9.9.9" and card["sha256"] == source["sha256"]
+    assert (out / "tumour3d.onnx").read_bytes() == (ZOO / "tumour3d.onnx").read_bytes()
+    post = card["postprocessing"]
+    assert post["boundary_refinement"]["strength"] == 8.0
+    assert post["seg_logit_offsets"] == [0.5, 0.0, 0.0, 0.0]
+    assert card["derived_from"]["version"] == source["version"]
+    assert set(card["metrics"]) == {
+        "held_out_phantoms_all_sequences",
+        "held_out_phantoms_t1ce_flair_only",
+        "held_out_phantoms_again",
+    }
+    assert card["metrics"]["held_out_phantoms_all_sequences"]["n_cases"] == 3
+    assert card["inputs"][0]["validated_subsets"] == [
+        ["t1", "t1ce", "t2", "flair"],
+        ["t1ce", "flair"],
+    ]
+    # The new card runs: the runtime reads both steps from it.
+    from tumorlens.inference.volume_model import VolumeModel
+
+    net = VolumeModel(out / "tumour3d.json", ZOO)
+    assert net.refinement is not None and net.refinement.strength == 8.0
+    assert net.seg_logit_offsets is not None and net.seg_logit_offsets[0] == 0.5
+    # The source folder is refused as --out: it would overwrite the shipped card.
+    with pytest.raises(SystemExit, match="must differ"):
+        argv = ["recard", "--card", str(out / "tumour3d.json"), "--out", str(out)]
+        train_main([*argv, "--version", "1", "--heldout", str(tuning)])

@@ -166,6 +166,26 @@ def test_component_sweep_on_a_tuning_set_crosses_both_thresholds(tmp_path: Path)
         "tune",
         "tune",
     ]
+    # Logit offsets: +100 on background leaves no tumour voxel (the LGG scores 0, the healthy
+    # case 1); the zero vector is the plain softmax; on a tie the smaller offsets win.
+    shifted = component_sweep.sweep(
+        tmp_path / "work",
+        "best.pt",
+        [0.0],
+        offsets=[(0.0, 0.0, 0.0, 0.0), (100.0, 0.0, 0.0, 0.0)],
+        data=tune,
+    )
+    plain, none = shifted["rows"]
+    assert plain["seg_logit_offsets"] == [0.0, 0.0, 0.0, 0.0]
+    assert (plain["WT"], plain["TC"], plain["ET"]) == (
+        result["rows"][0]["WT"],
+        result["rows"][0]["TC"],
+        result["rows"][0]["ET"],
+    )
+    assert none["seg_logit_offsets"] == [100.0, 0.0, 0.0, 0.0]
+    assert none["healthy_clean"] == "1/1" and none["WT"] == pytest.approx(0.5)
+    if none["score"] == plain["score"]:
+        assert shifted["chosen_offsets"] == [0.0, 0.0, 0.0, 0.0]
 
 
 def test_staged_instance_norm_is_the_same_maths_and_exports_accurately(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from tumorlens.errors import VolumeError
 from tumorlens.inference.preprocess3d import (
     Affine,
     Prepared,
@@ -27,14 +28,17 @@ from tumorlens.inference.preprocess3d import (
     resample_to,
     softmax,
 )
+from tumorlens.inference.refine import BoundaryRefinement, refine_labels
 from tumorlens.inference.session import create_session
 from tumorlens.pipeline.registration import box_affine, support_box
 
 FEATURES_OUTPUT = "type_features"
 #: Internal label indices on the model grid (BraTS 1, 2, 4 -> 1, 2, 3).
 CORE, ENHANCING = 1, 3
+SEG_CLASSES = ("background", "core", "oedema", "enhancing")
 #: The card's ``postprocessing`` keys (written by the export, read here).
 MIN_COMPONENT_ML, MIN_ENHANCING_ML = "min_tumour_component_ml", "min_enhancing_ml"
+SEG_LOGIT_OFFSETS = "seg_logit_offsets"
 
 
 @dataclass
@@ -73,6 +77,8 @@ class VolumeModel:
             self._cam = (np.asarray(cam["weights"], dtype=np.float32), int(cam["stride_voxels"]))
         self.min_component_voxels = min_component_voxels(self.card.raw, self.card.grid.spacing)
         self.min_enhancing_voxels = min_enhancing_voxels(self.card.raw, self.card.grid.spacing)
+        self.seg_logit_offsets = seg_logit_offsets(self.card.raw, self.path)
+        self.refinement = BoundaryRefinement.from_card(self.card.raw, self.path)
 
     @property
     def providers(self) -> list[str]:
@@ -97,10 +103,17 @@ class VolumeModel:
         if want_cam:
             outputs.append(FEATURES_OUTPUT)
         results = self.session.run(outputs, {self.card.input_name: prepared.image[None]})
-        probs = softmax(np.asarray(results[0])[0], axis=0)
+        probs = seg_probabilities(np.asarray(results[0])[0], self.seg_logit_offsets)
         probs = postprocess(probs, self.min_component_voxels, self.min_enhancing_voxels)
         type_probs = softmax(np.asarray(results[1])[0])
-        labels = labels_on_native(probs, prepared.affine, native_affine, native_shape)
+        labels = labels_on_native(
+            probs,
+            prepared.affine,
+            native_affine,
+            native_shape,
+            refinement=self.refinement,
+            images=images,
+        )
         cam = None
         if want_cam:
             cam = self._activation(np.asarray(results[2])[0], int(np.argmax(type_probs)))
@@ -130,6 +143,43 @@ class VolumeModel:
         shift = np.eye(4)
         shift[:3, 3] = (stride - 1) / 2.0
         return np.asarray(prepared.affine @ shift @ scale, dtype=np.float64)
+
+
+def seg_logit_offsets(card: Mapping[str, Any], source: Path | str) -> NDArray[np.float32] | None:
+    """The card's ``postprocessing.seg_logit_offsets``: one number per segmentation class
+    (background, core, oedema, enhancing) added to the logits before the softmax; None: off.
+
+    Why: a loss that weights tumour voxels up (0.7.0's cross-entropy x10) moves the argmax
+    boundary outward; a constant offset on the background logit is the prior correction, chosen
+    on a tuning set (``tumorlens_train.component_sweep --bg-offsets``).
+    """
+    post = card.get("postprocessing") or {}
+    raw = post.get(SEG_LOGIT_OFFSETS)
+    if raw is None:
+        return None
+    try:
+        offsets = np.asarray([float(v) for v in raw], dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise VolumeError(
+            f"{source}: postprocessing.{SEG_LOGIT_OFFSETS} is not numbers: {raw!r}"
+        ) from exc
+    if offsets.shape != (len(SEG_CLASSES),) or not np.all(np.isfinite(offsets)):
+        raise VolumeError(
+            f"{source}: postprocessing.{SEG_LOGIT_OFFSETS} needs {len(SEG_CLASSES)} finite "
+            f"numbers ({', '.join(SEG_CLASSES)}), got {raw!r}"
+        )
+    return offsets
+
+
+def seg_probabilities(
+    logits: NDArray[np.float32], offsets: NDArray[np.float32] | None
+) -> NDArray[np.float32]:
+    """Class probabilities ``(K, X, Y, Z)`` from the model's segmentation logits, with the
+    card's per-class offsets added first (None: plain softmax)."""
+    if offsets is not None:
+        logits = logits + offsets[:, None, None, None]
+    probs: NDArray[np.float32] = softmax(logits, axis=0)
+    return probs
 
 
 def _postprocessing_voxels(card: Mapping[str, Any], key: str, spacing: float) -> int:
@@ -216,13 +266,19 @@ def labels_on_native(
     grid: Affine,
     native_affine: NDArray[np.float64],
     native_shape: Sequence[int],
+    *,
+    refinement: BoundaryRefinement | None = None,
+    images: Mapping[str, tuple[NDArray[Any], Affine]] | None = None,
 ) -> NDArray[np.uint8]:
-    """:func:`probabilities_to_native`, computed only where a label can come out.
+    """:func:`probabilities_to_native`, computed only where a label can come out; with
+    ``refinement`` (and the study's ``images``) the boundaries are then redrawn on the native
+    grid by :func:`~tumorlens.inference.refine.refine_labels`.
 
     A native voxel interpolates (trilinearly) 8 model-grid voxels; when background is the most
     probable class at each of them it is at their weighted mean too, so only native voxels near
     grid voxels labelled as tumour can be tumour. Resampling just their bounding box saves
-    most of the work on a 240 x 240 x 155 reference grid.
+    most of the work on a 240 x 240 x 155 reference grid. Refinement works in that box grown by
+    its sampling band, since it needs confident background around the tumour.
     """
     shape = tuple(int(n) for n in native_shape)
     out = np.zeros(shape, dtype=np.uint8)
@@ -230,7 +286,23 @@ def labels_on_native(
     box = support_box(tumour, np.linalg.inv(native_affine) @ grid, shape)
     if box is None:
         return out
-    out[box] = probabilities_to_native(
-        probs, grid, box_affine(native_affine, box), [b.stop - b.start for b in box]
+    if refinement is None or not images:
+        out[box] = probabilities_to_native(
+            probs, grid, box_affine(native_affine, box), [b.stop - b.start for b in box]
+        )
+        return out
+    spacing = np.sqrt((np.asarray(native_affine)[:3, :3] ** 2).sum(axis=0))
+    margin = np.ceil(refinement.sample_band_mm / spacing).astype(int) + 1
+    box = tuple(
+        slice(max(0, b.start - int(m)), min(n, b.stop + int(m)))
+        for b, m, n in zip(box, margin, shape, strict=True)
     )
+    affine = box_affine(native_affine, box)
+    box_shape = [b.stop - b.start for b in box]
+    native_probs = np.stack([resample_to(p, grid, affine, box_shape) for p in probs])
+    native_probs[0] += 1e-6  # outside the model grid: background, as probabilities_to_native
+    features = np.stack(
+        [resample_to(data, src, affine, box_shape) for data, src in images.values()]
+    ).astype(np.float32)
+    out[box] = refine_labels(native_probs.astype(np.float32), features, spacing, refinement)
     return out
