@@ -43,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--min-component-ml", type=float)
     p.add_argument("--min-enhancing-ml", type=float)
     p.add_argument("--refinement-strength", type=float, help="boundary refinement (0: off)")
+    p.add_argument("--refinement-smoothing-mm", type=float, default=0.0)
+    p.add_argument("--refinement-max-shift-mm", type=float, default=float("inf"))
     p.add_argument("--heldout", type=Path, required=True, help="held-out cases, BraTS layout")
     p.add_argument("--heldout-subset", action="append", default=[], help="e.g. t1ce,flair")
     p.add_argument(
@@ -71,7 +73,15 @@ def _postprocessing(args: argparse.Namespace, source: dict[str, Any]) -> dict[st
     if offsets is not None and len(offsets) != 4:
         raise SystemExit(f"--seg-logit-offsets needs 4 numbers, got {args.seg_logit_offsets!r}")
     refinement = (
-        (BoundaryRefinement(args.refinement_strength) if args.refinement_strength > 0 else None)
+        (
+            BoundaryRefinement(
+                args.refinement_strength,
+                smoothing_mm=args.refinement_smoothing_mm,
+                max_shift_mm=args.refinement_max_shift_mm,
+            )
+            if args.refinement_strength > 0
+            else None
+        )
         if args.refinement_strength is not None
         else BoundaryRefinement.from_card(source, args.card)
     )

@@ -392,7 +392,10 @@ def postprocessing_entry(
                 "tumour / background, then core / oedema, then enhancing / core) is redrawn "
                 "from the model's logit plus strength x the log-likelihood ratio of a linear "
                 "discriminant fitted to that study's confident voxels within sample_band_mm on "
-                "both sides (tumorlens.inference.refine); the held-out metrics include it"
+                "both sides, smoothed by a Gaussian of smoothing_mm, only within max_shift_mm "
+                "of the model's boundary (no cap when absent); each refined region keeps only "
+                "components that contain a voxel of the model's own region "
+                "(tumorlens.inference.refine); the held-out metrics include it"
             )
         }
     return post

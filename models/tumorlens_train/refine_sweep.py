@@ -34,7 +34,15 @@ from tumorlens.inference.volume_model import (
 )
 
 
-def sweep(model: Path, data: Path, strengths: Sequence[float], threads: int = 2) -> dict[str, Any]:
+def sweep(
+    model: Path,
+    data: Path,
+    strengths: Sequence[float],
+    threads: int = 2,
+    *,
+    smoothing_mm: float = 0.0,
+    max_shift_mm: float = float("inf"),
+) -> dict[str, Any]:
     net = VolumeModel(model, model.parent, threads)
     templates = template_dir(net.path, model.parent)
     cases = find_cases(data)
@@ -55,7 +63,11 @@ def sweep(model: Path, data: Path, strengths: Sequence[float], threads: int = 2)
         probs = seg_probabilities(np.asarray(logits)[0], net.seg_logit_offsets)
         probs = postprocess(probs, net.min_component_voxels, net.min_enhancing_voxels)
         for strength in strengths:
-            settings = BoundaryRefinement(strength) if strength > 0 else None
+            settings = (
+                BoundaryRefinement(strength, smoothing_mm=smoothing_mm, max_shift_mm=max_shift_mm)
+                if strength > 0
+                else None
+            )
             labels = labels_on_native(
                 probs, prepared.affine, affine, truth.shape, refinement=settings, images=arrays
             )
@@ -73,6 +85,8 @@ def sweep(model: Path, data: Path, strengths: Sequence[float], threads: int = 2)
         "model": str(model),
         "data": str(data),
         "n_cases": len(cases),
+        "smoothing_mm": smoothing_mm,
+        "max_shift_mm": max_shift_mm if np.isfinite(max_shift_mm) else None,
         "rows": rows,
         "chosen_strength": best["strength"],
     }
@@ -83,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, required=True, help="the 3D model's card (.json)")
     parser.add_argument("--data", type=Path, required=True, help="tuning set, BraTS layout")
     parser.add_argument("--strengths", default="0,1,2,4,8")
+    parser.add_argument("--smoothing-mm", type=float, default=0.0, help="fixed, not swept")
+    parser.add_argument("--max-shift-mm", type=float, default=float("inf"), help="fixed")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args(argv)
@@ -91,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         args.data,
         [float(v) for v in args.strengths.split(",")],
         threads=args.threads,
+        smoothing_mm=args.smoothing_mm,
+        max_shift_mm=args.max_shift_mm,
     )
     for row in result["rows"]:
         print(json.dumps(row))

@@ -44,6 +44,11 @@ class BoundaryRefinement:
     sample_band_mm: float = 4.5
     confident: float = 0.9  # inside p > confident, outside p < 1 - confident
     uncertain: float = 0.02  # refined where uncertain < p < 1 - uncertain
+    # Gaussian smoothing (mm) of the log-likelihood ratio map before it is added (0: none):
+    # at ~1 mm in-plane a per-voxel decision follows noise and draws speckle.
+    smoothing_mm: float = 0.0
+    # Refine only within this distance (mm) of the model's own boundary (inf: the whole band).
+    max_shift_mm: float = float("inf")
 
     @classmethod
     def from_card(cls, card: Mapping[str, Any], source: Path | str) -> BoundaryRefinement | None:
@@ -57,6 +62,8 @@ class BoundaryRefinement:
                 sample_band_mm=float(raw.get("sample_band_mm", cls.sample_band_mm)),
                 confident=float(raw.get("confident", cls.confident)),
                 uncertain=float(raw.get("uncertain", cls.uncertain)),
+                smoothing_mm=float(raw.get("smoothing_mm", cls.smoothing_mm)),
+                max_shift_mm=float(raw.get("max_shift_mm", cls.max_shift_mm)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise VolumeError(
@@ -68,9 +75,12 @@ class BoundaryRefinement:
             settings.sample_band_mm,
             settings.confident,
             settings.uncertain,
+            settings.smoothing_mm,
         )
         if not (
             all(np.isfinite(values))
+            and settings.smoothing_mm >= 0
+            and settings.max_shift_mm > 0
             and settings.strength >= 0
             and settings.sample_band_mm > 0
             and 0.5 < settings.confident < 1
@@ -82,12 +92,16 @@ class BoundaryRefinement:
         return settings if settings.strength > 0 else None
 
     def to_dict(self) -> dict[str, float]:
-        return {
+        out = {
             "strength": self.strength,
             "sample_band_mm": self.sample_band_mm,
             "confident": self.confident,
             "uncertain": self.uncertain,
+            "smoothing_mm": self.smoothing_mm,
         }
+        if np.isfinite(self.max_shift_mm):  # JSON has no infinity: absent means no cap
+            out["max_shift_mm"] = self.max_shift_mm
+        return out
 
 
 def linear_discriminant(
@@ -135,21 +149,29 @@ def refine_boundary(
     probability of inside and the study's ``features`` ``(C, ...)`` on the same grid; with
     ``anchor``, only components of the result that touch it are kept."""
     inside = (p_inside > 0.5) & domain
-    near_in = ndimage.distance_transform_edt(inside, sampling=spacing) <= settings.sample_band_mm
-    near_out = ndimage.distance_transform_edt(~inside, sampling=spacing) <= settings.sample_band_mm
+    depth = ndimage.distance_transform_edt(inside, sampling=spacing)
+    reach = ndimage.distance_transform_edt(~inside, sampling=spacing)
     fit = linear_discriminant(
         features,
-        (p_inside > settings.confident) & near_in & domain,
-        (p_inside < 1.0 - settings.confident) & near_out & domain,
+        (p_inside > settings.confident) & (depth <= settings.sample_band_mm) & domain,
+        (p_inside < 1.0 - settings.confident) & (reach <= settings.sample_band_mm) & domain,
     )
     if fit is None:
         return inside
     weights, offset = fit
     band = (p_inside > settings.uncertain) & (p_inside < 1.0 - settings.uncertain) & domain
+    if np.isfinite(settings.max_shift_mm):
+        band &= np.where(inside, depth, reach) <= settings.max_shift_mm
     if not band.any():
         return inside
     p = np.clip(p_inside[band].astype(np.float64), 1e-6, 1.0 - 1e-6)
-    llr = np.clip(weights @ features[:, band].astype(np.float64) + offset, -MAX_LLR, MAX_LLR)
+    if settings.smoothing_mm > 0:
+        llr_map = np.tensordot(weights, features.astype(np.float64), axes=(0, 0)) + offset
+        llr_map = np.clip(llr_map, -MAX_LLR, MAX_LLR)
+        llr_map = ndimage.gaussian_filter(llr_map, sigma=settings.smoothing_mm / spacing)
+        llr = llr_map[band]
+    else:
+        llr = np.clip(weights @ features[:, band].astype(np.float64) + offset, -MAX_LLR, MAX_LLR)
     out = inside.copy()
     out[band] = np.log(p / (1.0 - p)) + settings.strength * llr > 0
     return out if anchor is None else anchored(out, anchor)
