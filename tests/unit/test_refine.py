@@ -237,3 +237,48 @@ def test_refinement_settings_round_trip_with_smoothing_and_cap() -> None:
     for bad in ({"strength": 1, "smoothing_mm": -1}, {"strength": 1, "max_shift_mm": 0}):
         with pytest.raises(VolumeError):
             BoundaryRefinement.from_card({"postprocessing": {"boundary_refinement": bad}}, "c")
+
+
+@pytest.mark.parametrize("smoothing_mm", [0.0, 1.5])
+def test_refining_in_the_domains_box_equals_the_whole_grid(smoothing_mm: float) -> None:
+    """The cropped route (refine_boundary) against the same maths on the whole grid, for a
+    sub-boundary whose domain is a small part of it, on an anisotropic grid."""
+    from tumorlens.inference.refine import _refine_boundary_in_box
+
+    shape = (48, 40, 24)
+    spacing = np.array([1.0, 1.0, 2.5])
+    grid = np.indices(shape, dtype=np.float64) * spacing[:, None, None, None]
+    distance = np.sqrt(((grid - np.array([20.0, 18.0, 30.0])[:, None, None, None]) ** 2).sum(0))
+    rng = np.random.default_rng(7)
+    features = np.stack(
+        [(distance < 6) + rng.normal(0, 0.4, shape), rng.normal(0, 1, shape)]
+    ).astype(np.float32)
+    p_inside = _sigmoid((8.0 - distance) / 1.5).astype(np.float32)
+    domain = distance < 13
+    anchor = distance < 3
+    settings = BoundaryRefinement(8.0, smoothing_mm=smoothing_mm, max_shift_mm=3.0)
+    boxed = refine_boundary(p_inside, features, domain, spacing, settings, anchor=anchor)
+    whole = _refine_boundary_in_box(p_inside, features, domain, spacing, settings, anchor=anchor)
+    np.testing.assert_array_equal(boxed, whole)
+    assert boxed.any() and not np.array_equal(boxed, p_inside > 0.5)
+    assert not refine_boundary(p_inside, features, np.zeros(shape, bool), spacing, settings).any()
+
+
+def test_a_study_image_on_the_native_grid_is_cropped_not_resampled() -> None:
+    from tumorlens.inference.preprocess3d import resample_to
+    from tumorlens.inference.volume_model import _image_in_box
+    from tumorlens.pipeline.registration import box_affine
+
+    native = np.array([[-1.0, 0, 0, 120], [0, -1.0, 0, 120], [0, 0, 1.0, -77], [0, 0, 0, 1]])
+    data = np.random.default_rng(8).random((30, 32, 20)).astype(np.float32)
+    box = (slice(3, 20), slice(5, 30), slice(0, 12))
+    affine = box_affine(native, box)
+    crop = _image_in_box(data, native, native, box, affine)
+    np.testing.assert_array_equal(crop, data[box])
+    resampled = resample_to(data, native, affine, [b.stop - b.start for b in box])
+    np.testing.assert_allclose(crop, resampled, atol=1e-5)
+    # Another grid (shifted by half a voxel) is interpolated.
+    shifted = native.copy()
+    shifted[0, 3] += 0.5
+    moved = _image_in_box(data, shifted, native, box, affine)
+    assert not np.allclose(moved, data[box], atol=1e-3)

@@ -261,6 +261,24 @@ def merge_small_enhancement(probs: NDArray[np.float32], min_voxels: int) -> NDAr
     return out
 
 
+def _image_in_box(
+    data: NDArray[Any],
+    source_affine: Affine,
+    native_affine: NDArray[np.float64],
+    box: tuple[slice, ...],
+    box_affine_: NDArray[np.float64],
+) -> NDArray[Any]:
+    """A study image on a box of the native grid: a plain crop when the image already lies on
+    that grid (the service's aligned series, BraTS files; trilinear sampling at voxel centres
+    returns the voxel values), else resampled."""
+    shape = [b.stop - b.start for b in box]
+    array = np.asarray(data)
+    same_grid = np.allclose(np.asarray(source_affine), native_affine, rtol=0.0, atol=1e-6)
+    if same_grid and all(b.stop <= n for b, n in zip(box, array.shape, strict=True)):
+        return array[box]
+    return resample_to(array, source_affine, box_affine_, shape)
+
+
 def labels_on_native(
     probs: NDArray[np.float32],
     grid: Affine,
@@ -302,7 +320,7 @@ def labels_on_native(
     native_probs = np.stack([resample_to(p, grid, affine, box_shape) for p in probs])
     native_probs[0] += 1e-6  # outside the model grid: background, as probabilities_to_native
     features = np.stack(
-        [resample_to(data, src, affine, box_shape) for data, src in images.values()]
+        [_image_in_box(data, src, native_affine, box, affine) for data, src in images.values()]
     ).astype(np.float32)
     out[box] = refine_labels(native_probs.astype(np.float32), features, spacing, refinement)
     return out
