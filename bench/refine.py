@@ -16,46 +16,29 @@ through the shipped tumour3d model as the worker runs it. Printed (medians of ``
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.brain_mask import median_seconds  # noqa: E402
 from tests.helpers.volumes import synthetic_head  # noqa: E402
 from tumorlens.evaluation.volumes import case_brain  # noqa: E402
 from tumorlens.inference import refine  # noqa: E402
-from tumorlens.inference.preprocess3d import (  # noqa: E402
-    load_nifti,
-    preprocess_arrays,
-    resample_to,
-)
+from tumorlens.inference.preprocess3d import load_nifti, resample_to  # noqa: E402
 from tumorlens.inference.volume_model import (  # noqa: E402
     VolumeModel,
     labels_on_native,
-    postprocess,
-    seg_probabilities,
+    refinement_box,
 )
 from tumorlens.pipeline.registration import box_affine, support_box  # noqa: E402
 
 MODELS = REPO / "models" / "tumorlens_zoo"
 NAMES = {"t1": "t1", "t1c": "t1ce", "t2": "t2", "flair": "flair"}
-
-
-def median_seconds(run: Callable[[], Any], runs: int) -> tuple[float, Any]:
-    times, result = [], None
-    for _ in range(runs):
-        start = time.perf_counter()
-        result = run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
 
 
 def row(name: str, new: float, old: float, same: str) -> None:
@@ -76,17 +59,8 @@ def main() -> int:
     data, native = images["t1ce"]
     shape = data.shape
     brain = case_brain(images, MODELS)
-    prepared = preprocess_arrays(
-        images,
-        net.card.grid,
-        subject_to_mni=brain.subject_to_mni,
-        brain_mask=(brain.mask, brain.affine),
-    )
-    logits = net.session.run(["seg_logits"], {net.card.input_name: prepared.image[None]})[0][0]
-    probs = postprocess(
-        seg_probabilities(np.asarray(logits), net.seg_logit_offsets),
-        net.min_component_voxels,
-        net.min_enhancing_voxels,
+    probs, prepared, _ = net.grid_probabilities(
+        images, subject_to_mni=brain.subject_to_mni, brain_mask=(brain.mask, brain.affine)
     )
     grid = prepared.affine
     print(f"tumour3d {net.card.raw.get('version')}, refinement {settings.to_dict()}")
@@ -106,11 +80,7 @@ def main() -> int:
     box = support_box(np.argmax(probs, axis=0) != 0, np.linalg.inv(native) @ grid, shape)
     assert box is not None
     spacing = np.sqrt((native[:3, :3] ** 2).sum(axis=0))
-    margin = np.ceil(settings.sample_band_mm / spacing).astype(int) + 1
-    box = tuple(
-        slice(max(0, b.start - int(m)), min(n, b.stop + int(m)))
-        for b, m, n in zip(box, margin, shape, strict=True)
-    )
+    box = refinement_box(box, spacing, settings, shape)
     affine = box_affine(native, box)
     box_shape = [b.stop - b.start for b in box]
     crop_s, crop = median_seconds(lambda: np.stack([a[box] for a, _ in images.values()]), args.runs)

@@ -25,12 +25,10 @@ import numpy as np
 from scipy import ndimage
 
 from tumorlens.evaluation.volumes import case_brain, motion_corrected, template_dir
-from tumorlens.inference.preprocess3d import SEQUENCES, load_nifti, preprocess_arrays
+from tumorlens.inference.preprocess3d import SEQUENCES, load_nifti
 from tumorlens.inference.volume_model import (
     ENHANCING,
     VolumeModel,
-    postprocess,
-    seg_probabilities,
 )
 from tumorlens_train.nets3d import TYPE_CLASSES
 
@@ -81,16 +79,11 @@ def case_table(folder: Path, model: Path) -> dict[str, Any]:
     aligned, methods = motion_corrected(arrays)
     net = VolumeModel(model, model.parent, threads=2)
     brain = case_brain(aligned, template_dir(net.path, model.parent))
-    prepared = preprocess_arrays(
-        aligned,
-        net.card.grid,
-        subject_to_mni=brain.subject_to_mni,
-        brain_mask=(brain.mask, brain.affine),
-    )
-    logits = net.session.run(["seg_logits"], {net.card.input_name: prepared.image[None]})[0][0]
     # The runtime's labels on the model grid: the card's offsets and post-processing included.
-    probs = seg_probabilities(np.asarray(logits), net.seg_logit_offsets)
-    labels = np.argmax(postprocess(probs, net.min_component_voxels, net.min_enhancing_voxels), 0)
+    probs, prepared, _ = net.grid_probabilities(
+        aligned, subject_to_mni=brain.subject_to_mni, brain_mask=(brain.mask, brain.affine)
+    )
+    labels = np.argmax(probs, axis=0)
     tumour = labels > 0
     out: dict[str, Any] = {
         "model": f"{net.card.raw.get('name')} {net.card.raw.get('version')}",

@@ -24,14 +24,9 @@ from tqdm import tqdm
 
 from tumorlens.evaluation.seg_metrics import REGIONS, dice, region_mask
 from tumorlens.evaluation.volumes import case_brain, find_cases, load_labels, template_dir
-from tumorlens.inference.preprocess3d import load_nifti, preprocess_arrays
+from tumorlens.inference.preprocess3d import load_nifti
 from tumorlens.inference.refine import BoundaryRefinement
-from tumorlens.inference.volume_model import (
-    VolumeModel,
-    labels_on_native,
-    postprocess,
-    seg_probabilities,
-)
+from tumorlens.inference.volume_model import VolumeModel, labels_on_native
 
 
 def sweep(
@@ -53,15 +48,9 @@ def sweep(
         truth, affine = load_labels(case)
         arrays = {name: load_nifti(path) for name, path in case.images.items()}
         brain = case_brain(arrays, templates)
-        prepared = preprocess_arrays(
-            arrays,
-            net.card.grid,
-            subject_to_mni=brain.subject_to_mni,
-            brain_mask=(brain.mask, brain.affine),
+        probs, prepared, _ = net.grid_probabilities(
+            arrays, subject_to_mni=brain.subject_to_mni, brain_mask=(brain.mask, brain.affine)
         )
-        logits = net.session.run(["seg_logits"], {net.card.input_name: prepared.image[None]})[0]
-        probs = seg_probabilities(np.asarray(logits)[0], net.seg_logit_offsets)
-        probs = postprocess(probs, net.min_component_voxels, net.min_enhancing_voxels)
         for strength in strengths:
             settings = (
                 BoundaryRefinement(strength, smoothing_mm=smoothing_mm, max_shift_mm=max_shift_mm)

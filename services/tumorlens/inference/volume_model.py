@@ -95,17 +95,12 @@ class VolumeModel:
         activation: bool = True,
     ) -> VolumePrediction:
         started = time.perf_counter()
-        prepared = preprocess_arrays(
-            images, self.card.grid, subject_to_mni=subject_to_mni, brain_mask=brain_mask
-        )
-        outputs = ["seg_logits", "type_logits"]
         want_cam = activation and self._cam is not None
-        if want_cam:
-            outputs.append(FEATURES_OUTPUT)
-        results = self.session.run(outputs, {self.card.input_name: prepared.image[None]})
-        probs = seg_probabilities(np.asarray(results[0])[0], self.seg_logit_offsets)
-        probs = postprocess(probs, self.min_component_voxels, self.min_enhancing_voxels)
-        type_probs = softmax(np.asarray(results[1])[0])
+        extra = ["type_logits", FEATURES_OUTPUT] if want_cam else ["type_logits"]
+        probs, prepared, results = self.grid_probabilities(
+            images, subject_to_mni=subject_to_mni, brain_mask=brain_mask, outputs=extra
+        )
+        type_probs = softmax(np.asarray(results[0])[0])
         labels = labels_on_native(
             probs,
             prepared.affine,
@@ -116,7 +111,7 @@ class VolumeModel:
         )
         cam = None
         if want_cam:
-            cam = self._activation(np.asarray(results[2])[0], int(np.argmax(type_probs)))
+            cam = self._activation(np.asarray(results[1])[0], int(np.argmax(type_probs)))
             cam = resample_to(cam, self._feature_affine(prepared), native_affine, native_shape)
             peak = float(cam.max(initial=0.0))
             cam = (np.clip(cam / peak, 0.0, 1.0) if peak > 0 else cam).astype(np.float32)
@@ -127,6 +122,25 @@ class VolumeModel:
             present=prepared.present,
             activation=cam,
         )
+
+    def grid_probabilities(
+        self,
+        images: Mapping[str, tuple[NDArray[Any], Affine]],
+        *,
+        subject_to_mni: Affine | None = None,
+        brain_mask: tuple[NDArray[Any], Affine] | None = None,
+        outputs: Sequence[str] = (),
+    ) -> tuple[NDArray[np.float32], Prepared, list[Any]]:
+        """The study on the model grid: class probabilities after the card's offsets and
+        grid post-processing, the prepared input, and the model's other ``outputs``."""
+        prepared = preprocess_arrays(
+            images, self.card.grid, subject_to_mni=subject_to_mni, brain_mask=brain_mask
+        )
+        names = ["seg_logits", *outputs]
+        results = self.session.run(names, {self.card.input_name: prepared.image[None]})
+        probs = seg_probabilities(np.asarray(results[0])[0], self.seg_logit_offsets)
+        probs = postprocess(probs, self.min_component_voxels, self.min_enhancing_voxels)
+        return probs, prepared, list(results[1:])
 
     def _activation(self, features: NDArray[np.float32], k: int) -> NDArray[np.float32]:
         """CAM of class ``k`` on the feature grid; negative evidence clipped."""
@@ -261,6 +275,21 @@ def merge_small_enhancement(probs: NDArray[np.float32], min_voxels: int) -> NDAr
     return out
 
 
+def refinement_box(
+    box: tuple[slice, ...],
+    spacing: NDArray[np.float64],
+    refinement: BoundaryRefinement,
+    shape: Sequence[int],
+) -> tuple[slice, ...]:
+    """The tumour's support box grown by the refinement's sampling band: the discriminant
+    needs confident background around the tumour."""
+    margin = np.ceil(refinement.sample_band_mm / spacing).astype(int) + 1
+    return tuple(
+        slice(max(0, b.start - int(m)), min(int(n), b.stop + int(m)))
+        for b, m, n in zip(box, margin, shape, strict=True)
+    )
+
+
 def _image_in_box(
     data: NDArray[Any],
     source_affine: Affine,
@@ -310,11 +339,7 @@ def labels_on_native(
         )
         return out
     spacing = np.sqrt((np.asarray(native_affine)[:3, :3] ** 2).sum(axis=0))
-    margin = np.ceil(refinement.sample_band_mm / spacing).astype(int) + 1
-    box = tuple(
-        slice(max(0, b.start - int(m)), min(n, b.stop + int(m)))
-        for b, m, n in zip(box, margin, shape, strict=True)
-    )
+    box = refinement_box(box, spacing, refinement, shape)
     affine = box_affine(native_affine, box)
     box_shape = [b.stop - b.start for b in box]
     native_probs = np.stack([resample_to(p, grid, affine, box_shape) for p in probs])
