@@ -262,23 +262,3 @@ def test_refining_in_the_domains_box_equals_the_whole_grid(smoothing_mm: float) 
     np.testing.assert_array_equal(boxed, whole)
     assert boxed.any() and not np.array_equal(boxed, p_inside > 0.5)
     assert not refine_boundary(p_inside, features, np.zeros(shape, bool), spacing, settings).any()
-
-
-def test_a_study_image_on_the_native_grid_is_cropped_not_resampled() -> None:
-    from tumorlens.inference.preprocess3d import resample_to
-    from tumorlens.inference.volume_model import _image_in_box
-    from tumorlens.pipeline.registration import box_affine
-
-    native = np.array([[-1.0, 0, 0, 120], [0, -1.0, 0, 120], [0, 0, 1.0, -77], [0, 0, 0, 1]])
-    data = np.random.default_rng(8).random((30, 32, 20)).astype(np.float32)
-    box = (slice(3, 20), slice(5, 30), slice(0, 12))
-    affine = box_affine(native, box)
-    crop = _image_in_box(data, native, native, box, affine)
-    np.testing.assert_array_equal(crop, data[box])
-    resampled = resample_to(data, native, affine, [b.stop - b.start for b in box])
-    np.testing.assert_allclose(crop, resampled, atol=1e-5)
-    # Another grid (shifted by half a voxel) is interpolated.
-    shifted = native.copy()
-    shifted[0, 3] += 0.5
-    moved = _image_in_box(data, shifted, native, box, affine)
-    assert not np.allclose(moved, data[box], atol=1e-3)

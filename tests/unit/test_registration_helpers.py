@@ -108,3 +108,20 @@ def test_support_box_covers_every_voxel_a_resampling_reaches() -> None:
     outside = full.copy()
     outside[box] = 0.0
     assert full.sum() > 0 and not outside.any()
+
+
+@pytest.mark.parametrize("shift", [(0, 0, 0), (3, -2, 1), (-4, 7, -9), (20, 0, 0)])
+def test_a_whole_voxel_shift_is_a_crop_equal_to_interpolation(shift: tuple[int, ...]) -> None:
+    """A box of the grid (or a grid moved by whole voxels, partly outside the volume) is
+    copied, not interpolated, with the values interpolation gives, zeros outside included."""
+    volume = np.random.default_rng(1).random((12, 10, 8)).astype(np.float32)
+    affine = np.array([[-1.0, 0, 0, 120], [0, -1.0, 0, 120], [0, 0, 2.5, -77], [0, 0, 0, 1]])
+    target = affine.copy()
+    target[:3, 3] = affine[:3, :3] @ np.asarray(shift, dtype=float) + affine[:3, 3]
+    shape = (9, 6, 11)
+    mapping = np.eye(4)
+    mapping[:3, 3] = shift
+    out = resample(volume, affine, target, shape)
+    np.testing.assert_allclose(out, _interpolated(volume, mapping, shape), atol=1e-6)
+    out[0, 0, 0] = -1.0
+    assert -1.0 not in volume

@@ -26,9 +26,10 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from tumorlens.errors import VolumeError
+from tumorlens.pipeline.registration import grow_box, support_box
 
 BOUNDARY_REFINEMENT = "boundary_refinement"
-#: Internal labels (as on the model grid).
+#: Internal label indices, on the model grid and the study's (BraTS 0, 1, 2, 4 -> 0..3).
 BACKGROUND, CORE, OEDEMA, ENHANCING = 0, 1, 2, 3
 #: Fewest confident voxels on either side for a discriminant to be fitted (else: model only).
 MIN_SAMPLES = 20
@@ -67,8 +68,8 @@ class BoundaryRefinement:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise VolumeError(
-                f"{source}: postprocessing.{BOUNDARY_REFINEMENT} needs a numeric "
-                f"'strength': {raw!r}"
+                f"{source}: postprocessing.{BOUNDARY_REFINEMENT} needs numeric settings "
+                f"('strength' required): {raw!r}"
             ) from exc
         values = (
             settings.strength,
@@ -173,19 +174,14 @@ def refine_boundary(
 def _domain_box(
     domain: NDArray[np.bool_], spacing: NDArray[np.float64], settings: BoundaryRefinement
 ) -> tuple[slice, ...] | None:
-    """``domain``'s bounding box, grown as :func:`refine_boundary` needs; None when empty."""
-    if not domain.any():
-        return None
-    sigma = settings.smoothing_mm / np.asarray(spacing, dtype=np.float64)
+    """``domain``'s bounding box with the margin :func:`refine_boundary` needs (at least
+    one voxel, plus the smoothing kernel's radius); None when empty."""
+    box = support_box(domain, np.eye(4), domain.shape)  # >= 2 voxels of margin
+    if box is None or settings.smoothing_mm <= 0:
+        return box
     # gaussian_filter's kernel radius is int(4 * sigma + 0.5) voxels (truncate 4).
-    margin = [1 + (int(4.0 * s + 0.5) if settings.smoothing_mm > 0 else 0) for s in sigma]
-    box = []
-    for axis, n in enumerate(domain.shape):
-        hit = np.flatnonzero(domain.any(axis=tuple(a for a in range(domain.ndim) if a != axis)))
-        box.append(
-            slice(max(0, int(hit[0]) - margin[axis]), min(n, int(hit[-1]) + 1 + margin[axis]))
-        )
-    return tuple(box)
+    sigma = settings.smoothing_mm / np.asarray(spacing, dtype=np.float64)
+    return grow_box(box, [int(4.0 * s + 0.5) for s in sigma], domain.shape)
 
 
 def _refine_boundary_in_box(
@@ -215,15 +211,12 @@ def _refine_boundary_in_box(
     if not band.any():
         return inside
     p = np.clip(p_inside[band].astype(np.float64), 1e-6, 1.0 - 1e-6)
+    llr = np.tensordot(weights, features.astype(np.float64), axes=(0, 0)) + offset
+    llr = np.clip(llr, -MAX_LLR, MAX_LLR)
     if settings.smoothing_mm > 0:
-        llr_map = np.tensordot(weights, features.astype(np.float64), axes=(0, 0)) + offset
-        llr_map = np.clip(llr_map, -MAX_LLR, MAX_LLR)
-        llr_map = ndimage.gaussian_filter(llr_map, sigma=settings.smoothing_mm / spacing)
-        llr = llr_map[band]
-    else:
-        llr = np.clip(weights @ features[:, band].astype(np.float64) + offset, -MAX_LLR, MAX_LLR)
+        llr = ndimage.gaussian_filter(llr, sigma=settings.smoothing_mm / spacing)
     out = inside.copy()
-    out[band] = np.log(p / (1.0 - p)) + settings.strength * llr > 0
+    out[band] = np.log(p / (1.0 - p)) + settings.strength * llr[band] > 0
     return out if anchor is None else anchored(out, anchor)
 
 

@@ -28,13 +28,11 @@ from tumorlens.inference.preprocess3d import (
     resample_to,
     softmax,
 )
-from tumorlens.inference.refine import BoundaryRefinement, refine_labels
+from tumorlens.inference.refine import CORE, ENHANCING, BoundaryRefinement, refine_labels
 from tumorlens.inference.session import create_session
-from tumorlens.pipeline.registration import box_affine, support_box
+from tumorlens.pipeline.registration import box_affine, grow_box, support_box
 
 FEATURES_OUTPUT = "type_features"
-#: Internal label indices on the model grid (BraTS 1, 2, 4 -> 1, 2, 3).
-CORE, ENHANCING = 1, 3
 SEG_CLASSES = ("background", "core", "oedema", "enhancing")
 #: The card's ``postprocessing`` keys (written by the export, read here).
 MIN_COMPONENT_ML, MIN_ENHANCING_ML = "min_tumour_component_ml", "min_enhancing_ml"
@@ -284,28 +282,7 @@ def refinement_box(
     """The tumour's support box grown by the refinement's sampling band: the discriminant
     needs confident background around the tumour."""
     margin = np.ceil(refinement.sample_band_mm / spacing).astype(int) + 1
-    return tuple(
-        slice(max(0, b.start - int(m)), min(int(n), b.stop + int(m)))
-        for b, m, n in zip(box, margin, shape, strict=True)
-    )
-
-
-def _image_in_box(
-    data: NDArray[Any],
-    source_affine: Affine,
-    native_affine: NDArray[np.float64],
-    box: tuple[slice, ...],
-    box_affine_: NDArray[np.float64],
-) -> NDArray[Any]:
-    """A study image on a box of the native grid: a plain crop when the image already lies on
-    that grid (the service's aligned series, BraTS files; trilinear sampling at voxel centres
-    returns the voxel values), else resampled."""
-    shape = [b.stop - b.start for b in box]
-    array = np.asarray(data)
-    same_grid = np.allclose(np.asarray(source_affine), native_affine, rtol=0.0, atol=1e-6)
-    if same_grid and all(b.stop <= n for b, n in zip(box, array.shape, strict=True)):
-        return array[box]
-    return resample_to(array, source_affine, box_affine_, shape)
+    return grow_box(box, margin, tuple(int(n) for n in shape))
 
 
 def labels_on_native(
@@ -345,7 +322,7 @@ def labels_on_native(
     native_probs = np.stack([resample_to(p, grid, affine, box_shape) for p in probs])
     native_probs[0] += 1e-6  # outside the model grid: background, as probabilities_to_native
     features = np.stack(
-        [_image_in_box(data, src, native_affine, box, affine) for data, src in images.values()]
+        [resample_to(data, src, affine, box_shape) for data, src in images.values()]
     ).astype(np.float32)
     out[box] = refine_labels(native_probs.astype(np.float32), features, spacing, refinement)
     return out

@@ -147,6 +147,18 @@ def support_box(
     return tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))
 
 
+def grow_box(
+    box: tuple[slice, ...], margin: npt.ArrayLike, shape: tuple[int, ...]
+) -> tuple[slice, ...]:
+    """``box`` widened by ``margin`` voxels (per axis, or one number) each side, within
+    ``shape``."""
+    widths = np.broadcast_to(np.asarray(margin, dtype=int), (len(box),))
+    return tuple(
+        slice(max(0, b.start - int(m)), min(int(n), b.stop + int(m)))
+        for b, m, n in zip(box, widths, shape, strict=True)
+    )
+
+
 def box_affine(affine: Affine, box: tuple[slice, ...]) -> Affine:
     """The affine of the sub-grid ``box`` of a grid with ``affine``."""
     out = affine.copy()
@@ -226,11 +238,14 @@ def resample(
     target mm to source mm when the two are not in one space."""
     world = target_affine if transform is None else transform @ target_affine
     mapping = np.linalg.inv(source_affine) @ world  # target voxel -> source voxel
-    if tuple(volume.shape) == tuple(target_shape) and np.allclose(mapping, np.eye(4), atol=1e-6):
-        # The same grid (series of one acquisition geometry, BraTS files): interpolating at
-        # the voxel centres would return the values themselves, after ~0.8 s per 240^2 x 155
-        # (bench/brain_mask.py).
-        return np.array(volume, dtype=np.float32)
+    shift = np.rint(mapping[:3, 3])
+    if np.allclose(mapping[:3, :3], np.eye(3), atol=1e-6) and np.allclose(
+        mapping[:3, 3], shift, atol=1e-6
+    ):
+        # The same grid up to a whole-voxel shift (series of one acquisition geometry, BraTS
+        # files, a box of the grid): interpolating at the voxel centres would return the
+        # values themselves, after ~0.8 s per 240^2 x 155 (bench/brain_mask.py).
+        return _shifted_copy(np.asarray(volume), shift.astype(int), tuple(target_shape))
     out = ndimage.affine_transform(
         np.asarray(volume, dtype=np.float32),
         mapping[:3, :3],
@@ -243,6 +258,22 @@ def resample(
         output=np.float32,
     )
     return np.asarray(out, dtype=np.float32)
+
+
+def _shifted_copy(
+    volume: npt.NDArray[Any], shift: npt.NDArray[np.int_], shape: tuple[int, ...]
+) -> FloatArray:
+    """``out[i] = volume[i + shift]`` where that lies in ``volume``, else 0 (float32, a copy)."""
+    out = np.zeros(shape, dtype=np.float32)
+    dst, src = [], []
+    for n_out, n_in, d in zip(shape, volume.shape, shift, strict=True):
+        lo, hi = max(0, -int(d)), min(int(n_out), int(n_in) - int(d))
+        if hi <= lo:
+            return out
+        dst.append(slice(lo, hi))
+        src.append(slice(lo + int(d), hi + int(d)))
+    out[tuple(dst)] = volume[tuple(src)]
+    return out
 
 
 class _CorrelationRatio:
