@@ -15,16 +15,17 @@ card's value) and ``metrics``, which are measured again with the new post-proces
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
+from tumorlens.inference.card import sha256_file
+from tumorlens.inference.preprocess3d import SEQUENCES
 from tumorlens.inference.refine import BoundaryRefinement
 from tumorlens.inference.volume_model import MIN_COMPONENT_ML, MIN_ENHANCING_ML, SEG_LOGIT_OFFSETS
-from tumorlens_train.export3d import measure_heldout, postprocessing_entry
+from tumorlens_train.export3d import heldout_entry, measure_heldout, postprocessing_entry
 from tumorlens_train.volumes import TEMPLATE_DIR
 
 log = logging.getLogger(__name__)
@@ -53,14 +54,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--template-dir", type=Path, default=TEMPLATE_DIR)
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=run)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _postprocessing(args: argparse.Namespace, source: dict[str, Any]) -> dict[str, Any]:
@@ -100,7 +93,7 @@ def _postprocessing(args: argparse.Namespace, source: dict[str, Any]) -> dict[st
 def run(args: argparse.Namespace) -> int:
     source = json.loads(args.card.read_text())
     onnx_src = args.card.parent / source["file"]
-    digest = _sha256(onnx_src)
+    digest = sha256_file(onnx_src)
     if digest != source["sha256"]:
         raise SystemExit(f"{onnx_src}: sha256 {digest} does not match {args.card}")
     also = []
@@ -109,9 +102,9 @@ def run(args: argparse.Namespace) -> int:
         if not sep or not name or not folder:
             raise SystemExit(f"--also needs NAME=DIR, got {item!r}")
         also.append((name, Path(folder)))
-    args.out.mkdir(parents=True, exist_ok=True)
     if args.out.resolve() == args.card.parent.resolve():
         raise SystemExit("--out must differ from the source card's folder")
+    args.out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(onnx_src, args.out / source["file"])
     card = dict(source)
     card["version"] = args.version
@@ -122,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     card["derived_from"] = {
         "name": source.get("name"),
         "version": source.get("version"),
-        "card_sha256": _sha256(args.card),
+        "card_sha256": sha256_file(args.card),
         "changes": "post-processing only: the same ONNX file (sha256 unchanged); metrics "
         "measured again (tumorlens-train recard)",
     }
@@ -137,10 +130,8 @@ def run(args: argparse.Namespace) -> int:
 
         for name, folder in also:
             report, _ = evaluate_volumes(folder, card_path, args.template_dir, threads=args.threads)
-            metrics = report.to_dict()
-            metrics.pop("cases", None)
-            metrics["dataset"] = str(folder)
-            card["metrics"][f"held_out_phantoms_{name}"] = metrics
+            entry = heldout_entry(report, folder, SEQUENCES, args.threads)
+            card["metrics"][f"held_out_phantoms_{name}"] = entry
         card_path.write_text(json.dumps(card, indent=1) + "\n")
     log.info("wrote %s (postprocessing %s)", card_path, sorted(post))
     print(card_path)

@@ -69,35 +69,26 @@ def sweep(
             out = model(torch.from_numpy(case.image.astype(np.float32))[None])[0][0]
             logits.append(out.numpy())
     rows = []
-    for ml, offset in tqdm(
-        [(ml, o) for o in offsets for ml in thresholds], desc="sweep", unit="setting"
-    ):
+    for offset in tqdm(offsets, desc="sweep", unit="offsets"):
         vector = np.asarray(offset, dtype=np.float32)
+        # Once per offset vector, then once per component threshold.
         probs = [seg_probabilities(lg, vector if vector.any() else None) for lg in logits]
-        voxels = ml_to_voxels(ml, grid.spacing)
-        kept = [postprocess(p, voxels, 0) for p in probs]  # once per component threshold
-        for et_ml in enhancing_thresholds:
-            et_voxels = ml_to_voxels(et_ml, grid.spacing)
-            dices = [
-                grid_dice(postprocess(p, 0, et_voxels).argmax(axis=0), c.labels)
-                for p, c in zip(kept, cases, strict=True)
-            ]
-            healthy = [
-                d["WT"]
-                for d, c in zip(dices, cases, strict=True)
-                if TYPE_CLASSES[c.type_index] == "healthy"
-            ]
-            row: dict[str, Any] = {
-                "seg_logit_offsets": [float(v) for v in offset],
-                "min_tumour_component_ml": ml,
-                "min_enhancing_ml": et_ml,
-                "voxels": voxels,
-                "enhancing_voxels": et_voxels,
-            }
-            row |= {k: round(float(np.mean([d[k] for d in dices])), 4) for k in ("WT", "TC", "ET")}
-            row["score"] = round((row["WT"] + row["TC"] + row["ET"]) / 3, 4)
-            row["healthy_clean"] = f"{int(sum(healthy))}/{len(healthy)}"
-            rows.append(row)
+        for ml in thresholds:
+            voxels = ml_to_voxels(ml, grid.spacing)
+            kept = [postprocess(p, voxels, 0) for p in probs]
+            for et_ml in enhancing_thresholds:
+                et_voxels = ml_to_voxels(et_ml, grid.spacing)
+                row = _score(kept, cases, et_voxels)
+                rows.append(
+                    {
+                        "seg_logit_offsets": [float(v) for v in offset],
+                        "min_tumour_component_ml": ml,
+                        "min_enhancing_ml": et_ml,
+                        "voxels": voxels,
+                        "enhancing_voxels": et_voxels,
+                    }
+                    | row
+                )
     best = max(
         rows,
         key=lambda r: (
@@ -116,6 +107,26 @@ def sweep(
         "chosen_enhancing": best["min_enhancing_ml"],
         "chosen_offsets": best["seg_logit_offsets"],
     }
+
+
+def _score(kept: list[Any], cases: list[Any], enhancing_voxels: int) -> dict[str, Any]:
+    """Mean grid Dice WT/TC/ET of ``kept`` (probabilities) after the enhancing step, their
+    mean (``score``) and how many healthy cases have no tumour voxel."""
+    dices = [
+        grid_dice(postprocess(p, 0, enhancing_voxels).argmax(axis=0), c.labels)
+        for p, c in zip(kept, cases, strict=True)
+    ]
+    healthy = [
+        d["WT"]
+        for d, c in zip(dices, cases, strict=True)
+        if TYPE_CLASSES[c.type_index] == "healthy"
+    ]
+    row: dict[str, Any] = {
+        k: round(float(np.mean([d[k] for d in dices])), 4) for k in ("WT", "TC", "ET")
+    }
+    row["score"] = round((row["WT"] + row["TC"] + row["ET"]) / 3, 4)
+    row["healthy_clean"] = f"{int(sum(healthy))}/{len(healthy)}"
+    return row
 
 
 def _floats(text: str) -> list[float]:

@@ -9,7 +9,7 @@ import logging
 import platform
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -42,6 +42,9 @@ from tumorlens_train.nets3d import (
     for_export,
 )
 from tumorlens_train.nets3d import load_checkpoint as load_net
+
+if TYPE_CHECKING:
+    from tumorlens.evaluation.volumes import VolumeReport
 
 log = logging.getLogger(__name__)
 
@@ -464,6 +467,19 @@ def export_checkpoint(
     return card_path
 
 
+def heldout_entry(
+    report: VolumeReport, dataset: Path, sequences: Sequence[str], threads: int
+) -> dict[str, Any]:
+    """A card's ``metrics.held_out_phantoms_*`` entry: an evaluation report without its
+    per-case rows, with what it was measured on."""
+    metrics = report.to_dict()
+    metrics.pop("cases", None)
+    metrics["dataset"] = str(dataset)
+    metrics["sequences"] = list(sequences)
+    metrics["runtime"] = f"onnxruntime {ort.__version__} CPU, {threads} threads, batch 1"
+    return metrics
+
+
 def measure_heldout(
     card: dict[str, Any],
     card_path: Path,
@@ -493,13 +509,10 @@ def measure_heldout(
                 f"held-out evaluation of {heldout} scored no case"
                 f" ({report.n_skipped} skipped: {'; '.join(reasons[:3])})"
             )
-        metrics = report.to_dict()
-        metrics.pop("cases", None)
-        metrics["dataset"] = str(heldout)
-        metrics["sequences"] = list(subset)
-        metrics["runtime"] = f"onnxruntime {ort.__version__} CPU, {threads} threads, batch 1"
         key = "all_sequences" if len(subset) == len(SEQUENCES) else "_".join(subset) + "_only"
-        card["metrics"][f"held_out_phantoms_{key}"] = metrics
+        card["metrics"][f"held_out_phantoms_{key}"] = heldout_entry(
+            report, heldout, subset, threads
+        )
         validated.append(list(subset))
     spec = card["inputs"][0]
     spec["validated_subsets"] = validated
