@@ -262,3 +262,14 @@ def test_refining_in_the_domains_box_equals_the_whole_grid(smoothing_mm: float) 
     np.testing.assert_array_equal(boxed, whole)
     assert boxed.any() and not np.array_equal(boxed, p_inside > 0.5)
     assert not refine_boundary(p_inside, features, np.zeros(shape, bool), spacing, settings).any()
+
+
+def test_fragments_count_2d_components_per_slice() -> None:
+    from tumorlens_train.boundary_review import fragments
+
+    labels = np.zeros((20, 20, 3), np.uint8)
+    labels[2:8, 2:8, 0] = 2  # slice 0: one oedema blob ...
+    labels[4:6, 4:6, 0] = 1  # ... with a core inside: WT 1, TC 1
+    labels[12, 12, 0] = 4  # a separate enhancing speck (BraTS label): WT 2, TC 2
+    labels[1, 1, 1] = labels[2, 2, 1] = 2  # diagonal neighbours: one 8-connected component
+    assert fragments(labels) == {"WT": 3, "TC": 2}
