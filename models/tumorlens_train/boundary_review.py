@@ -26,9 +26,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from tumorlens.evaluation.volumes import case_brain, find_cases, load_labels, template_dir
+from tumorlens.evaluation.volumes import evaluate_volumes, find_cases, load_labels
 from tumorlens.inference.preprocess3d import load_nifti, resample_to
-from tumorlens.inference.volume_model import VolumeModel
 
 BANDS_MM = (2.1, 4.1, 6.1, 10.1, 20.1, np.inf)
 #: Label-map values per region, BraTS (4) and internal (3) enhancing both counted.
@@ -36,23 +35,19 @@ REGIONS = {"WT": (1, 2, 3, 4), "TC": (1, 3, 4)}
 
 
 def shells(model: Path, data: Path, limit: int = 0) -> dict[str, Any]:
-    net = VolumeModel(model, model.parent, threads=2)
-    templates = template_dir(net.path, model.parent)
+    """The runtime's labels (``evaluate_volumes``) on DIR's first ``limit`` tumour cases
+    (0: all), errors binned by distance to the truth."""
+    report, preds = evaluate_volumes(data, model, model.parent, threads=2)
+    truths = {case.case_id: case for case in find_cases(data)}
     bins = np.array((0.0, *BANDS_MM))
     false_pos, false_neg = np.zeros(len(BANDS_MM)), np.zeros(len(BANDS_MM))
-    cases = [c for c in find_cases(data) if c.tumour_type != "healthy"][: limit or None]
-    for case in cases:
-        truth, affine = load_labels(case)
-        arrays = {name: load_nifti(path) for name, path in case.images.items()}
-        brain = case_brain(arrays, templates)
-        pred = net.predict_arrays(
-            arrays,
-            affine,
-            truth.shape,
-            subject_to_mni=brain.subject_to_mni,
-            brain_mask=(brain.mask, brain.affine),
-            activation=False,
-        )
+    scored = [
+        (result, pred)
+        for result, pred in zip(report.cases, preds, strict=True)
+        if result.tumour_type != "healthy"
+    ][: limit or None]
+    for result, pred in scored:
+        truth, affine = load_labels(truths[result.case_id])
         spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
         ml = float(np.prod(spacing)) / 1000.0
         t, p = truth > 0, pred.labels > 0
@@ -61,8 +56,8 @@ def shells(model: Path, data: Path, limit: int = 0) -> dict[str, Any]:
         false_pos += np.histogram(outside[p & ~t], bins)[0] * ml
         false_neg += np.histogram(inside[t & ~p], bins)[0] * ml
     return {
-        "model": f"{net.card.raw.get('name')} {net.card.raw.get('version')}",
-        "cases": len(cases),
+        "model": str(model),
+        "cases": len(scored),
         "bands_mm": [f"<= {b:g}" if np.isfinite(b) else "beyond" for b in BANDS_MM],
         "false_positive_ml_by_distance_outside": false_pos.round(1).tolist(),
         "false_negative_ml_by_depth_inside": false_neg.round(1).tolist(),

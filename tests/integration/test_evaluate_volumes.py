@@ -315,3 +315,27 @@ def test_recard_keeps_the_onnx_and_remeasures_with_the_new_postprocessing(
     with pytest.raises(SystemExit, match="must differ"):
         argv = ["recard", "--card", str(out / "tumour3d.json"), "--out", str(out)]
         train_main([*argv, "--version", "1", "--heldout", str(tuning)])
+
+
+def test_boundary_review_shells_bins_every_error_voxel(tuning: Path) -> None:
+    """Errors binned by distance: every false-positive and false-negative voxel of the
+    runtime's labels lands in some band (their sums equal the totals evaluate volumes implies)."""
+    pytest.importorskip("torch", reason="tumorlens_train needs the train extra")
+    from tumorlens.evaluation.volumes import evaluate_volumes, find_cases, load_labels
+    from tumorlens_train.boundary_review import BANDS_MM, shells
+
+    result = shells(ZOO / "tumour3d.json", tuning)
+    assert result["cases"] == 3 and len(result["false_positive_ml_by_distance_outside"]) == len(
+        BANDS_MM
+    )
+    report, preds = evaluate_volumes(tuning, ZOO / "tumour3d.json", ZOO, threads=2)
+    truths = {c.case_id: c for c in find_cases(tuning)}
+    fp = fn = 0.0
+    for case, pred in zip(report.cases, preds, strict=True):
+        truth, affine = load_labels(truths[case.case_id])
+        ml = abs(np.linalg.det(affine[:3, :3])) / 1000.0
+        fp += float(((pred.labels > 0) & (truth == 0)).sum()) * ml
+        fn += float(((pred.labels == 0) & (truth > 0)).sum()) * ml
+    assert sum(result["false_positive_ml_by_distance_outside"]) == pytest.approx(fp, abs=0.5)
+    assert sum(result["false_negative_ml_by_depth_inside"]) == pytest.approx(fn, abs=0.5)
+    assert fp + fn > 0  # the 4 mm phantoms leave the model some error to bin
