@@ -47,6 +47,13 @@ def register(subparsers: Any) -> None:
         default=Path("models/tumorlens_zoo"),
         help="where the ONNX and card go; OUT/NAME.split.json must be the members' split",
     )
+    p.add_argument(
+        "--previous-card",
+        type=Path,
+        default=None,
+        help="card of an earlier release whose members' training records (all stages, "
+        "per-epoch validation) are reused for members whose training folders are gone",
+    )
     p.add_argument("--name", default=MODEL_NAME)
     p.add_argument("--version", required=True)
     p.add_argument("--threads", type=int, default=2)
@@ -64,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         split_file=split_file,
         mirror=args.mirror,
         threads=args.threads,
+        previous_card=args.previous_card,
     )
     log.info("wrote %s", card)
     return 0

@@ -239,6 +239,35 @@ def training_stages(checkpoint_path: Path, checkpoint: dict[str, Any]) -> list[d
     return stages
 
 
+def _stage_key(stage: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(stage.get(k) for k in ("size", "epochs", "best_epoch", "best_val_accuracy"))
+
+
+def _recorded_epochs(stages: list[dict[str, Any]]) -> tuple[int, int]:
+    return len(stages), sum(len(stage.get("val_accuracy_by_epoch") or []) for stage in stages)
+
+
+def member_stages_from_card(
+    seed: Any, stages: list[dict[str, Any]], previous_card: Path
+) -> tuple[list[dict[str, Any]], str] | None:
+    """The full stage record of a member from the card of an earlier release, or None.
+
+    A committed checkpoint (``models/checkpoints``) lies away from its training folders, so
+    :func:`training_stages` sees only its last stage, without per-epoch history. The earlier
+    card recorded the whole chain; it is taken when its member has the same seed and the same
+    last stage (size, epochs, kept epoch, validation accuracy), i.e. the same weights' run.
+    """
+    card = json.loads(previous_card.read_text())
+    for member in card.get("training", {}).get("members", []):
+        recorded = member.get("stages") or []
+        same_run = recorded and _stage_key(recorded[-1]) == _stage_key(stages[-1])
+        if member.get("seed") == seed and same_run:
+            # a record that was itself carried over names its first source
+            source = f"{card.get('name')} {card.get('version')} card ({member['checkpoint']})"
+            return recorded, str(member.get("stages_from", source))
+    return None
+
+
 def build_card(
     *,
     name: str,
@@ -430,9 +459,12 @@ def export_ensemble(
     split_file: Path,
     mirror: bool = True,
     threads: int = 2,
+    previous_card: Path | None = None,
 ) -> Path:
     """Several trained nets (same input size) -> one ONNX ensemble + card; see
-    :class:`SliceEnsemble`. Each member's training stages go into the card."""
+    :class:`SliceEnsemble`. Each member's training stages go into the card; a member whose
+    training folders are gone takes them from ``previous_card`` when that card has its run
+    (:func:`member_stages_from_card`)."""
     loaded = [load_checkpoint(str(path)) for path in checkpoints]
     split: dict[str, Any] = json.loads(split_file.read_text()) if split_file.exists() else {}
     for path, (_, ckpt) in zip(checkpoints, loaded, strict=True):
@@ -450,14 +482,17 @@ def export_ensemble(
     sizes = {int(ckpt["size"]) for _, ckpt in loaded}
     if len(sizes) != 1:
         raise ValueError(f"ensemble members were trained at different sizes: {sorted(sizes)}")
-    members = [
-        {
-            "checkpoint": str(path),
-            "seed": ckpt.get("train_config", {}).get("seed"),
-            "stages": training_stages(path, ckpt),
-        }
-        for path, (_, ckpt) in zip(checkpoints, loaded, strict=True)
-    ]
+    members: list[dict[str, Any]] = []
+    for path, (_, ckpt) in zip(checkpoints, loaded, strict=True):
+        seed = ckpt.get("train_config", {}).get("seed")
+        member: dict[str, Any] = {"checkpoint": str(path), "seed": seed}
+        stages = training_stages(path, ckpt)
+        found = member_stages_from_card(seed, stages, previous_card) if previous_card else None
+        # the earlier record wins only where it knows more (more stages or epochs)
+        if found and _recorded_epochs(found[0]) > _recorded_epochs(stages):
+            stages, member["stages_from"] = found
+        member["stages"] = stages
+        members.append(member)
     size = sizes.pop()
     nets = [model for model, _ in loaded]
     card_path = _export(

@@ -71,6 +71,10 @@ def test_evaluate_slices_end_to_end(
     assert "4 channel(s)" in skipped["four_channels.png"]
     # These slices come from the training data, so the shipped model must know them.
     assert report["accuracy"] >= 0.8
+    low, high = report["accuracy_ci95"]
+    assert low < report["accuracy"] <= high <= 1.0
+    glioma = report["per_class"]["glioma"]
+    assert glioma["sensitivity_ci95"][0] < glioma["sensitivity"] <= glioma["sensitivity_ci95"][1]
     assert report["ms_per_image"] > 0
     for name in ("confusion_matrix.png", "roc.png"):
         assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

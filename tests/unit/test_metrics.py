@@ -116,3 +116,26 @@ def test_one_vs_rest_and_macro_auc() -> None:
 def test_softmax_is_stable_and_normalised() -> None:
     probs = metrics.softmax(np.array([[1000.0, 1000.0], [0.0, np.log(3.0)]]))
     np.testing.assert_allclose(probs, [[0.5, 0.5], [0.25, 0.75]])
+
+
+@pytest.mark.parametrize(
+    ("successes", "n", "low", "high"),
+    [
+        # Newcombe (1998), Stat Med 17:857, Table II, method 3 (Wilson score, no correction)
+        (81, 263, 0.2553, 0.3662),
+        (15, 148, 0.0624, 0.1605),
+        (0, 10, 0.0, 0.2775),
+        (10, 10, 0.7225, 1.0),
+    ],
+)
+def test_wilson_interval_matches_published_values(
+    successes: int, n: int, low: float, high: float
+) -> None:
+    lo, hi = metrics.wilson_interval(successes, n)
+    assert (lo, hi) == (pytest.approx(low, abs=5e-5), pytest.approx(high, abs=5e-5))
+
+
+def test_wilson_interval_of_nothing_is_undefined_and_impossible_counts_are_refused() -> None:
+    assert all(math.isnan(v) for v in metrics.wilson_interval(0, 0))
+    with pytest.raises(ValueError, match=r"not in 0\.\.5"):
+        metrics.wilson_interval(6, 5)

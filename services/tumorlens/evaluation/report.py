@@ -25,6 +25,7 @@ class ClassMetrics:
     snomed_code: str
     support: int
     sensitivity: float
+    sensitivity_ci95: tuple[float, float]  # Wilson, images taken as independent
     specificity: float
     precision: float
     f1: float
@@ -36,6 +37,7 @@ class SliceReport:
     model: dict[str, str]
     n_images: int
     accuracy: float
+    accuracy_ci95: tuple[float, float]  # Wilson, images taken as independent
     per_class: tuple[ClassMetrics, ...]
     macro_auc: float
     kappa: float
@@ -51,11 +53,13 @@ class SliceReport:
             "model": self.model,
             "n_images": self.n_images,
             "accuracy": _num(self.accuracy),
+            "accuracy_ci95": [_num(v) for v in self.accuracy_ci95],
             "per_class": {
                 c.name: {
                     "snomed_ct": c.snomed_code,
                     "support": c.support,
                     "sensitivity": _num(c.sensitivity),
+                    "sensitivity_ci95": [_num(v) for v in c.sensitivity_ci95],
                     "specificity": _num(c.specificity),
                     "precision": _num(c.precision),
                     "f1": _num(c.f1),
@@ -99,12 +103,16 @@ def build_report(
         model={"name": card.name, "version": card.version, "sha256": card.sha256},
         n_images=n,
         accuracy=metrics.accuracy(cm),
+        accuracy_ci95=metrics.wilson_interval(int(np.trace(cm)), n),
         per_class=tuple(
             ClassMetrics(
                 name=lb.name,
                 snomed_code=lb.snomed_code,
                 support=int(rates.support[lb.index]),
                 sensitivity=float(rates.sensitivity[lb.index]),
+                sensitivity_ci95=metrics.wilson_interval(
+                    int(cm[lb.index, lb.index]), int(rates.support[lb.index])
+                ),
                 specificity=float(rates.specificity[lb.index]),
                 precision=float(rates.precision[lb.index]),
                 f1=float(rates.f1[lb.index]),
@@ -126,21 +134,27 @@ def _fmt(value: float) -> str:
     return "   n/a" if math.isnan(value) else f"{value:6.4f}"
 
 
+def _fmt_ci(ci: tuple[float, float]) -> str:
+    return "  n/a" if math.isnan(ci[0]) else f"{ci[0]:.3f}-{ci[1]:.3f}"
+
+
 def format_table(report: SliceReport) -> str:
     """A plain-text summary for the terminal."""
     width = max(len(c.name) for c in report.per_class)
     lines = [
         f"model {report.model['name']} {report.model['version']}  images {report.n_images}  "
         f"skipped {len(report.skipped)}",
-        f"{'class':<{width}}  support  sens.   spec.   prec.   F1      AUC",
+        f"{'class':<{width}}  support  sens.   (95% CI)     spec.   prec.   F1      AUC",
     ]
     lines += [
-        f"{c.name:<{width}}  {c.support:7d}  {_fmt(c.sensitivity)}  {_fmt(c.specificity)}  "
+        f"{c.name:<{width}}  {c.support:7d}  {_fmt(c.sensitivity)}  "
+        f"{_fmt_ci(c.sensitivity_ci95):>11}  {_fmt(c.specificity)}  "
         f"{_fmt(c.precision)}  {_fmt(c.f1)}  {_fmt(c.auc)}"
         for c in report.per_class
     ]
     lines += [
-        f"accuracy {_fmt(report.accuracy)}  macro AUC {_fmt(report.macro_auc)}  "
+        f"accuracy {_fmt(report.accuracy)} (95% CI {_fmt_ci(report.accuracy_ci95)}, Wilson, "
+        f"images taken as independent)  macro AUC {_fmt(report.macro_auc)}  "
         f"kappa {_fmt(report.kappa)}",
         f"inference {report.ms_per_image:.2f} ms/image  "
         f"(+ {report.ms_per_image_preprocess:.2f} ms/image decode and preprocessing)",
