@@ -139,3 +139,22 @@ def test_wilson_interval_of_nothing_is_undefined_and_impossible_counts_are_refus
     assert all(math.isnan(v) for v in metrics.wilson_interval(0, 0))
     with pytest.raises(ValueError, match=r"not in 0\.\.5"):
         metrics.wilson_interval(6, 5)
+
+
+def test_bootstrap_interval_is_seeded_brackets_the_mean_and_matches_the_normal_one() -> None:
+    x = np.random.default_rng(1).standard_normal(1000)
+    low, high = metrics.bootstrap_mean_interval(x)
+    assert low < x.mean() < high
+    assert metrics.bootstrap_mean_interval(x) == (low, high)  # same seed, same interval
+    # n = 1000 draws of N(0, 1): the mean's 95% interval is about +- 1.96 / sqrt(1000)
+    half = 1.959964 * x.std(ddof=1) / np.sqrt(x.size)
+    assert (high - low) / 2 == pytest.approx(half, rel=0.1)
+
+
+def test_bootstrap_interval_of_constant_and_of_nothing() -> None:
+    assert metrics.bootstrap_mean_interval([0.8] * 5) == (pytest.approx(0.8), pytest.approx(0.8))
+    assert metrics.bootstrap_mean_interval([0.8, float("nan"), 0.8]) == (
+        pytest.approx(0.8),
+        pytest.approx(0.8),
+    )
+    assert all(math.isnan(v) for v in metrics.bootstrap_mean_interval([float("nan")]))

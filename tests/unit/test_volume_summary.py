@@ -42,5 +42,14 @@ def test_summary_by_type_and_over_tumour_cases() -> None:
     assert s["dice_by_type"]["lgg"]["TC"] == pytest.approx(0.6)
     assert s["type_accuracy"] == pytest.approx(3 / 4)
     assert s["grade_n"] == 2 and s["grade_auc"] == pytest.approx(1.0)
+    # intervals: Dice bootstrapped over the four cases, type accuracy Wilson (3 of 4)
+    low, high = s["dice_WT_ci95"]
+    assert 0.0 <= low < s["dice_WT"] < high <= 1.0
+    assert s["type_accuracy_ci95"] == [
+        pytest.approx(0.3006, abs=1e-4),
+        pytest.approx(0.9544, abs=1e-4),
+    ]
     table = format_volume_table(VolumeReport("m.onnx", 4, 0, [], results, s))
     assert "healthy (n=2): Dice WT/TC/ET 0.500 / 0.500 / 0.500" in table
+    assert f"{low:.3f}-{high:.3f}" in table
+    assert "type accuracy (n=4): 0.750 (95% CI 0.301-0.954, Wilson)" in table

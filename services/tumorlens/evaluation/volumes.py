@@ -35,7 +35,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from tumorlens.errors import EvaluationDataError, TumorlensError, VolumeError
-from tumorlens.evaluation.metrics import confusion_matrix, roc_auc
+from tumorlens.evaluation.metrics import (
+    bootstrap_mean_interval,
+    confusion_matrix,
+    roc_auc,
+    wilson_interval,
+)
 from tumorlens.evaluation.seg_metrics import REGIONS, dice, hd95, region_mask
 from tumorlens.inference.preprocess3d import (
     REFERENCE_ORDER,
@@ -287,12 +292,16 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def summarise(results: Sequence[CaseResult], type_labels: Sequence[str]) -> dict[str, Any]:
-    """Means over cases (a region absent in both truth and prediction is Dice 1, HD95 0, as in
+    """Means over cases, with 95% intervals (Dice: bootstrap over cases, seeded; type
+    accuracy: Wilson) (a region absent in both truth and prediction is Dice 1, HD95 0, as in
     BraTS; a region absent in exactly one gives Dice 0 and HD95 nan, left out of the HD95 mean
     and counted in ``hd95_undefined``)."""
     summary: dict[str, Any] = {}
     for region in REGIONS:
         summary[f"dice_{region}"] = _mean([r.dice[region] for r in results])
+        summary[f"dice_{region}_ci95"] = list(
+            bootstrap_mean_interval([r.dice[region] for r in results])
+        )
         summary[f"hd95_{region}_mm"] = _mean([r.hd95[region] for r in results])
         summary[f"hd95_{region}_undefined"] = sum(
             1 for r in results if not np.isfinite(r.hd95[region])
@@ -325,6 +334,7 @@ def summarise(results: Sequence[CaseResult], type_labels: Sequence[str]) -> dict
         cm = confusion_matrix(truth, pred, len(type_labels))
         summary["type_n"] = len(typed)
         summary["type_accuracy"] = float(np.trace(cm) / cm.sum())
+        summary["type_accuracy_ci95"] = list(wilson_interval(int(np.trace(cm)), int(cm.sum())))
         summary["type_labels"] = list(type_labels)
         summary["type_confusion"] = cm.tolist()
     seconds = [r.seconds for r in results]
@@ -427,17 +437,22 @@ def format_volume_table(report: VolumeReport) -> str:
     lines = [f"model {report.model}: {report.n_cases} cases, {report.n_skipped} skipped"]
     for item in report.skipped:
         lines.append(f"  skipped {item['case']}: {item['reason']}")
-    lines.append(f"{'region':8} {'Dice all':>9} {'Dice tumour':>11} {'HD95 mm':>8} {'HD95 n/a':>8}")
+    lines.append(
+        f"{'region':8} {'Dice all':>9} {'(95% CI)':>13} {'Dice tumour':>11} {'HD95 mm':>8} "
+        f"{'HD95 n/a':>8}"
+    )
     for region in REGIONS:
+        low, high = s.get(f"dice_{region}_ci95", (float("nan"), float("nan")))
         lines.append(
             f"{region:8} {s.get(f'dice_{region}', float('nan')):9.3f} "
+            f"{f'{low:.3f}-{high:.3f}':>13} "
             f"{s.get(f'dice_{region}_tumour_cases', float('nan')):11.3f} "
             f"{s.get(f'hd95_{region}_mm', float('nan')):8.2f} "
             f"{s.get(f'hd95_{region}_undefined', 0):8d}"
         )
     lines.append(
         "(Dice tumour: cases whose type is not 'healthy'; HD95 n/a: region empty in "
-        "exactly one of truth and prediction)"
+        "exactly one of truth and prediction; CI: bootstrap over cases, seed 0)"
     )
     for ttype, row in s.get("dice_by_type", {}).items():
         dices = " / ".join(f"{row[r]:.3f}" for r in REGIONS)
@@ -448,7 +463,11 @@ def format_volume_table(report: VolumeReport) -> str:
             f"accuracy {s['grade_accuracy']:.3f}"
         )
     if "type_accuracy" in s:
-        lines.append(f"type accuracy (n={s['type_n']}): {s['type_accuracy']:.3f}")
+        low, high = s.get("type_accuracy_ci95", (float("nan"), float("nan")))
+        lines.append(
+            f"type accuracy (n={s['type_n']}): {s['type_accuracy']:.3f} "
+            f"(95% CI {low:.3f}-{high:.3f}, Wilson)"
+        )
     lines.append(f"median seconds per case: {s.get('seconds_per_case_median', float('nan')):.2f}")
     if "brain_extraction_seconds_median" in s:
         lines.append(
