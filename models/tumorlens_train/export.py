@@ -248,7 +248,7 @@ def _recorded_epochs(stages: list[dict[str, Any]]) -> tuple[int, int]:
 
 
 def member_stages_from_card(
-    seed: Any, stages: list[dict[str, Any]], previous_card: Path
+    seed: Any, stages: list[dict[str, Any]], card: dict[str, Any]
 ) -> tuple[list[dict[str, Any]], str] | None:
     """The full stage record of a member from the card of an earlier release, or None.
 
@@ -257,7 +257,6 @@ def member_stages_from_card(
     card recorded the whole chain; it is taken when its member has the same seed and the same
     last stage (size, epochs, kept epoch, validation accuracy), i.e. the same weights' run.
     """
-    card = json.loads(previous_card.read_text())
     for member in card.get("training", {}).get("members", []):
         recorded = member.get("stages") or []
         same_run = recorded and _stage_key(recorded[-1]) == _stage_key(stages[-1])
@@ -482,12 +481,13 @@ def export_ensemble(
     sizes = {int(ckpt["size"]) for _, ckpt in loaded}
     if len(sizes) != 1:
         raise ValueError(f"ensemble members were trained at different sizes: {sorted(sizes)}")
+    previous = json.loads(previous_card.read_text()) if previous_card else None
     members: list[dict[str, Any]] = []
     for path, (_, ckpt) in zip(checkpoints, loaded, strict=True):
         seed = ckpt.get("train_config", {}).get("seed")
         member: dict[str, Any] = {"checkpoint": str(path), "seed": seed}
         stages = training_stages(path, ckpt)
-        found = member_stages_from_card(seed, stages, previous_card) if previous_card else None
+        found = member_stages_from_card(seed, stages, previous) if previous else None
         # the earlier record wins only where it knows more (more stages or epochs)
         if found and _recorded_epochs(found[0]) > _recorded_epochs(stages):
             stages, member["stages_from"] = found

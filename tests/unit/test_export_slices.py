@@ -302,7 +302,7 @@ def test_slices_ensemble_command_writes_card_and_refuses_another_split(
         main(argv)
 
 
-def test_member_stages_come_from_the_earlier_card_only_for_the_same_run(tmp_path: Path) -> None:
+def test_member_stages_come_from_the_earlier_card_only_for_the_same_run() -> None:
     _torch()
     from tumorlens_train import export
 
@@ -317,21 +317,16 @@ def test_member_stages_come_from_the_earlier_card_only_for_the_same_run(tmp_path
 
     full = [stage(112, 24, 0.95, 24), stage(128, 8, 0.9648, 8)]
     other = [stage(128, 8, 0.96, 8)]
-    previous = tmp_path / "previous.json"
-    previous.write_text(
-        json.dumps(
-            {
-                "name": "slice_type_2d",
-                "version": "1.3.0",
-                "training": {
-                    "members": [
-                        {"checkpoint": "out/a/best.pt", "seed": 0, "stages": full},
-                        {"checkpoint": "out/b/best.pt", "seed": 1, "stages": other},
-                    ]
-                },
-            }
-        )
-    )
+    previous: dict[str, Any] = {
+        "name": "slice_type_2d",
+        "version": "1.3.0",
+        "training": {
+            "members": [
+                {"checkpoint": "out/a/best.pt", "seed": 0, "stages": full},
+                {"checkpoint": "out/b/best.pt", "seed": 1, "stages": other},
+            ]
+        },
+    }
     # a committed checkpoint: only its own last stage, no per-epoch history
     bare = [stage(128, 8, 0.9648, 0)]
     found = export.member_stages_from_card(0, bare, previous)
@@ -341,9 +336,7 @@ def test_member_stages_come_from_the_earlier_card_only_for_the_same_run(tmp_path
     assert export.member_stages_from_card(1, bare, previous) is None  # another seed's run
     assert export.member_stages_from_card(0, [stage(128, 8, 0.9649, 0)], previous) is None
     # carried over again from a card that had carried it: the first source is kept
-    card = json.loads(previous.read_text())
-    card["version"] = "1.4.0"
-    card["training"]["members"][0]["stages_from"] = found[1]
-    previous.write_text(json.dumps(card))
+    previous["version"] = "1.4.0"
+    previous["training"]["members"][0]["stages_from"] = found[1]
     again = export.member_stages_from_card(0, bare, previous)
     assert again is not None and again[1] == "slice_type_2d 1.3.0 card (out/a/best.pt)"
