@@ -134,8 +134,9 @@ def _fmt(value: float) -> str:
     return "   n/a" if math.isnan(value) else f"{value:6.4f}"
 
 
-def _fmt_ci(ci: tuple[float, float]) -> str:
-    return "  n/a" if math.isnan(ci[0]) else f"{ci[0]:.3f}-{ci[1]:.3f}"
+def format_interval(ci: tuple[float, float] | list[float]) -> str:
+    """``low-high`` to 3 decimals, ``n/a`` when undefined (the evaluation tables' intervals)."""
+    return "n/a" if math.isnan(ci[0]) else f"{ci[0]:.3f}-{ci[1]:.3f}"
 
 
 def format_table(report: SliceReport) -> str:
@@ -148,13 +149,14 @@ def format_table(report: SliceReport) -> str:
     ]
     lines += [
         f"{c.name:<{width}}  {c.support:7d}  {_fmt(c.sensitivity)}  "
-        f"{_fmt_ci(c.sensitivity_ci95):>11}  {_fmt(c.specificity)}  "
+        f"{format_interval(c.sensitivity_ci95):>11}  {_fmt(c.specificity)}  "
         f"{_fmt(c.precision)}  {_fmt(c.f1)}  {_fmt(c.auc)}"
         for c in report.per_class
     ]
     lines += [
-        f"accuracy {_fmt(report.accuracy)} (95% CI {_fmt_ci(report.accuracy_ci95)}, Wilson, "
-        f"images taken as independent)  macro AUC {_fmt(report.macro_auc)}  "
+        f"accuracy {_fmt(report.accuracy)} "
+        f"(95% CI {format_interval(report.accuracy_ci95)}, Wilson, images taken as independent)  "
+        f"macro AUC {_fmt(report.macro_auc)}  "
         f"kappa {_fmt(report.kappa)}",
         f"inference {report.ms_per_image:.2f} ms/image  "
         f"(+ {report.ms_per_image_preprocess:.2f} ms/image decode and preprocessing)",

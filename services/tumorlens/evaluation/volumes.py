@@ -41,6 +41,7 @@ from tumorlens.evaluation.metrics import (
     roc_auc,
     wilson_interval,
 )
+from tumorlens.evaluation.report import format_interval
 from tumorlens.evaluation.seg_metrics import REGIONS, dice, hd95, region_mask
 from tumorlens.inference.preprocess3d import (
     REFERENCE_ORDER,
@@ -442,10 +443,10 @@ def format_volume_table(report: VolumeReport) -> str:
         f"{'HD95 n/a':>8}"
     )
     for region in REGIONS:
-        low, high = s.get(f"dice_{region}_ci95", (float("nan"), float("nan")))
+        interval = format_interval(s.get(f"dice_{region}_ci95", (float("nan"), float("nan"))))
         lines.append(
             f"{region:8} {s.get(f'dice_{region}', float('nan')):9.3f} "
-            f"{f'{low:.3f}-{high:.3f}':>13} "
+            f"{interval:>13} "
             f"{s.get(f'dice_{region}_tumour_cases', float('nan')):11.3f} "
             f"{s.get(f'hd95_{region}_mm', float('nan')):8.2f} "
             f"{s.get(f'hd95_{region}_undefined', 0):8d}"
@@ -463,10 +464,9 @@ def format_volume_table(report: VolumeReport) -> str:
             f"accuracy {s['grade_accuracy']:.3f}"
         )
     if "type_accuracy" in s:
-        low, high = s.get("type_accuracy_ci95", (float("nan"), float("nan")))
+        interval = format_interval(s.get("type_accuracy_ci95", (float("nan"), float("nan"))))
         lines.append(
-            f"type accuracy (n={s['type_n']}): {s['type_accuracy']:.3f} "
-            f"(95% CI {low:.3f}-{high:.3f}, Wilson)"
+            f"type accuracy (n={s['type_n']}): {s['type_accuracy']:.3f} (95% CI {interval}, Wilson)"
         )
     lines.append(f"median seconds per case: {s.get('seconds_per_case_median', float('nan')):.2f}")
     if "brain_extraction_seconds_median" in s:
