@@ -19,6 +19,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -126,6 +127,31 @@ def _time_interleaved(
     return a, b
 
 
+def op_profile(target: Target, batch: int, threads: int, runs: int) -> list[tuple[str, float]]:
+    """ONNX Runtime's own profile of ``runs`` calls: (op type, ms per call), largest first."""
+    import onnxruntime as ort
+
+    from tumorlens.inference.session import session_options
+
+    options = session_options(threads)
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path(tempfile.gettempdir()) / "tumorlens_ort_profile")
+    session = ort.InferenceSession(
+        str(target.onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+    x = np.random.default_rng(0).standard_normal((batch, *target.sample_shape), dtype=np.float32)
+    for _ in range(runs):
+        session.run(None, {target.input_name: x})
+    trace = Path(session.end_profiling())
+    totals: dict[str, float] = {}
+    for event in json.loads(trace.read_text()):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            op = event["args"]["op_name"]
+            totals[op] = totals.get(op, 0.0) + event["dur"] / 1000.0 / runs
+    trace.unlink()
+    return sorted(totals.items(), key=lambda item: -item[1])
+
+
 def bench(target: Target, batch: int, threads: int, runs: int, warmup: int) -> dict[str, Any]:
     batch = target.batch or batch
     x = np.random.default_rng(0).standard_normal((batch, *target.sample_shape))
@@ -182,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--volume-batch", type=int, default=1, help="batch for 3D models")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print ONNX Runtime's time per op type for each model (its own profiler)",
+    )
     args = parser.parse_args(argv)
 
     rows = []
@@ -195,6 +226,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: skipped ({exc})")
             continue
         rows.append(bench(target, args.batch, args.threads, args.runs, args.warmup))
+        if args.profile:
+            ops = op_profile(target, target.batch or args.batch, args.threads, args.runs)
+            total = sum(ms for _, ms in ops)
+            print(f"{name}: ORT kernel time per call {total:.1f} ms, by op type:")
+            for op, ms in ops[:6]:
+                print(f"  {op:<16} {ms:8.1f} ms  {100 * ms / total:4.0f}%")
 
     print(
         f"{'model':<16} {'batch':>5} {'thr':>3} {'torch ms':>9} {'ORT ms':>8} "
