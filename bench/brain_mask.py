@@ -29,6 +29,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from host import describe, machine  # bench/host.py (bench/ is on sys.path as a script)
 from scipy import ndimage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,6 +75,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
+    print(describe(machine()))
     with tempfile.TemporaryDirectory(prefix="tl-bench-mask-") as tmp:
         paths = synthetic_head(Path(tmp))
         # In memory, as the worker holds them (a file-backed image is re-read at each access).

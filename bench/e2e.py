@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from host import describe, machine  # bench/host.py (bench/ is on sys.path as a script)
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -127,6 +129,7 @@ def main() -> int:
     )
     parser.add_argument("--only", choices=("tcga", "4x155"), help="one study only")
     args = parser.parse_args()
+    print(describe(machine()))
     case = args.data / "cases" / "TCGA-FG-6692"
     with tempfile.TemporaryDirectory(prefix="tl-e2e-") as tmp:
         work = Path(tmp)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from host import describe, machine  # bench/host.py (bench/ is on sys.path when run as a script)
 
 from tumorlens.inference.card import resolve_model
 from tumorlens.inference.session import create_session
@@ -99,41 +100,6 @@ TARGETS: dict[str, Callable[[argparse.Namespace], Target]] = {
     "slice_type_2d": _slice_type_2d,
     "tumour3d": _tumour3d,
 }
-
-
-#: Vector extensions that decide which kernels ONNX Runtime (MLAS) and torch (oneDNN) pick.
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "asimd", "sve")
-
-
-def machine() -> dict[str, Any]:
-    """CPU model, its vector extensions and the runtime versions: the ratio depends on all of
-    them (tumour3d measured 1.16-1.28x on one session's machine and 1.69-1.98x on another's),
-    so every run prints what it ran on."""
-    import platform
-
-    import onnxruntime as ort
-
-    model, flags = platform.processor() or platform.machine(), set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() in ("flags", "Features"):
-                flags = set(value.split())
-    info: dict[str, Any] = {
-        "cpu": model,
-        "isa": [flag for flag in ISA_FLAGS if flag in flags],
-        "onnxruntime": ort.__version__,
-    }
-    try:
-        import torch
-
-        info["torch"] = str(torch.__version__)
-    except ModuleNotFoundError:
-        info["torch"] = None
-    return info
 
 
 def _time(fn: Callable[[], object], runs: int, warmup: int) -> list[float]:
@@ -251,10 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     host = machine()
-    print(
-        f"cpu: {host['cpu']} ({' '.join(host['isa']) or 'no listed vector extensions'}); "
-        f"onnxruntime {host['onnxruntime']}, torch {host['torch'] or 'not installed'}"
-    )
+    print(describe(host))
     rows = []
     for name in args.models.split(","):
         if name not in TARGETS:

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from host import describe, machine  # bench/host.py (bench/ is on sys.path as a script)
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -88,6 +90,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--study", type=Path, help="a folder of DICOM files to push instead")
     args = parser.parse_args()
+    print(describe(machine()))
     work = Path(tempfile.mkdtemp(prefix="tumorlens-bench-"))
     try:
         folder = args.study or build_study(work)

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from host import describe, machine  # bench/host.py (bench/ is on sys.path as a script)
 from scipy import ndimage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,6 +52,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
+    print(describe(machine()))
     with tempfile.TemporaryDirectory() as tmp:
         paths = synthetic_head(Path(tmp))
         images = {NAMES[k]: load_nifti(p) for k, p in paths.items()}
